@@ -1,0 +1,5 @@
+import sys
+
+from eoscore.cli import main
+
+sys.exit(main())
