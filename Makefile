@@ -46,7 +46,7 @@ test-unit: build
 wheel: $(STAMP)
 	rm -rf dist
 	$(PIP) wheel --no-deps -w dist .
-	$(VENV)/bin/auditwheel repair -w wheelhouse dist/eoscore-*.whl
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair -w wheelhouse dist/eoscore-*.whl
 
 ## bench: the pyperf benchmarks, short mode.
 bench: build

