@@ -1,11 +1,11 @@
 """Exactly-once sinks and the two-phase contract they keep."""
 
 from eoscore.sinks.two_phase import (
-    Decision,
     DecidingSink,
+    Decision,
     PreparedHandle,
     RecoveryPlan,
     TwoPhaseSink,
 )
 
-__all__ = ["Decision", "DecidingSink", "PreparedHandle", "RecoveryPlan", "TwoPhaseSink"]
+__all__ = ["DecidingSink", "Decision", "PreparedHandle", "RecoveryPlan", "TwoPhaseSink"]

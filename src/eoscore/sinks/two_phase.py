@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Decision", "DecidingSink", "PreparedHandle", "RecoveryPlan", "TwoPhaseSink"]
+__all__ = ["DecidingSink", "Decision", "PreparedHandle", "RecoveryPlan", "TwoPhaseSink"]
 
 #: What ``pre_commit`` returns: enough to commit or abort from a new process.
 #: JSON-serialisable (it is stored in the checkpoint manifest; never pickled).
