@@ -37,12 +37,18 @@ def _selfcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Modules that contribute subcommands through ``add_commands(subparsers)``.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eoscore", description=__doc__)
     parser.add_argument("--version", action="version", version=f"eoscore {eoscore.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     selfcheck = commands.add_parser("selfcheck", help="import every native module")
     selfcheck.set_defaults(run=_selfcheck)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(commands)
     return parser
 
 
