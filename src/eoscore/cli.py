@@ -38,7 +38,7 @@ def _selfcheck(args: argparse.Namespace) -> int:
 
 
 #: Modules that contribute subcommands through ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("eoscore.sinks.cli",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,7 +58,9 @@ class TwoPhaseSink(abc.ABC):
     Calls arrive from one thread, in this order per checkpoint n:
     ``begin(n)``, ``write(...)`` any number of times, ``pre_commit(n)``, then
     ``commit(n, handle)`` or ``abort(n, handle)``. ``begin(n+1)`` may come
-    before ``commit(n, ...)`` (processing continues while n is being decided).
+    before ``commit(n, ...)`` (processing continues while n is being decided),
+    and ``pre_commit(n+1)`` may come while n is neither committed nor aborted
+    (an undecided checkpoint's output is carried forward into the next one).
     """
 
     #: Unique within a pipeline; names the sink in checkpoints and errors.
