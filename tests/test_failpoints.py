@@ -67,3 +67,35 @@ def test_environment_kill_sigkills_the_process_at_that_hit() -> None:
     )
     assert result.returncode == -9
     assert result.stdout.split() == ["1", "2", "3"]
+
+
+def test_stop_pauses_once_and_the_process_carries_on_after_sigcont() -> None:
+    import signal
+    import time
+
+    code = (
+        "from eoscore import failpoints\n"
+        "for i in range(1, 4):\n"
+        "    failpoints.hit('zombie.point')\n"
+        "    print(i, flush=True)\n"
+    )
+    env = {**os.environ, "EOSCORE_FAILPOINTS": "zombie.point=stop@1"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _state(child.pid) != "T":
+            assert time.monotonic() < deadline, "the failpoint never stopped the process"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGCONT)
+        out, _ = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == 0
+    assert out.split() == ["1", "2", "3"]
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]

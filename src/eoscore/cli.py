@@ -38,7 +38,11 @@ def _selfcheck(args: argparse.Namespace) -> int:
 
 
 #: Modules that contribute subcommands through ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("eoscore.sinks.cli",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "eoscore.checkpoint.cli",
+    "eoscore.kafka.cli",
+    "eoscore.sinks.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,12 @@ Each error also derives from the builtin a caller would naturally catch
 
 from __future__ import annotations
 
-__all__ = ["CorruptSnapshotError", "EosError"]
+__all__ = [
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "CorruptSnapshotError",
+    "EosError",
+]
 
 
 class EosError(Exception):
@@ -19,3 +24,50 @@ class CorruptSnapshotError(EosError, ValueError):
     Nothing is built from bytes that raise this: the caller keeps whatever
     state it had and can fall back to an older snapshot.
     """
+
+
+class CorruptCheckpointError(EosError, ValueError):
+    """Checkpoint bytes failed validation (magic, version, length or checksum).
+
+    Nothing is built from bytes that raise this: restore leaves the state as
+    it was, and the caller can restore an older checkpoint instead. The
+    message names the checkpoint, the file and the chunk, e.g.
+    ``checkpoint 42 file data/42/counts.chunks chunk 7: checksum mismatch
+    (file truncated?)``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        checkpoint: int | None = None,
+        file: str | None = None,
+        chunk: int | None = None,
+    ) -> None:
+        self.reason = reason
+        self.checkpoint = checkpoint
+        self.file = file
+        self.chunk = chunk
+        where = []
+        if checkpoint is not None:
+            where.append(f"checkpoint {checkpoint}")
+        if file is not None:
+            where.append(f"file {file}")
+        if chunk is not None:
+            where.append(f"chunk {chunk}")
+        super().__init__(f"{' '.join(where)}: {reason}" if where else reason)
+
+    def located(
+        self, *, checkpoint: int | None = None, file: str | None = None, chunk: int | None = None
+    ) -> CorruptCheckpointError:
+        """The same error with the location filled in (fields already set win)."""
+        return CorruptCheckpointError(
+            self.reason,
+            checkpoint=self.checkpoint if self.checkpoint is not None else checkpoint,
+            file=self.file if self.file is not None else file,
+            chunk=self.chunk if self.chunk is not None else chunk,
+        )
+
+
+class CheckpointNotFoundError(EosError, LookupError):
+    """No completed checkpoint with the requested id exists in the storage."""

@@ -11,7 +11,8 @@ the API or the ``EOSCORE_FAILPOINTS`` environment variable, read at import::
 
 ``kill@k`` SIGKILLs the process at the k-th hit, ``kill%p`` at each hit with
 probability p; ``raise`` in place of ``kill`` raises :class:`FailpointError`
-instead (for in-process tests). ``EOSCORE_FAILPOINTS_SEED`` seeds the
+instead (for in-process tests), and ``stop`` SIGSTOPs the process once (a
+paused zombie that carries on when sent SIGCONT). ``EOSCORE_FAILPOINTS_SEED`` seeds the
 probabilities so a failing run can be replayed.
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from eoscore.errors import EosError
 
-__all__ = ["FailpointError", "Rule", "active", "disable", "enable", "hit", "hits", "parse"]
+__all__ = ["FailpointError", "Rule", "active", "armed", "disable", "enable", "hit", "hits", "parse"]
 
 ENV = "EOSCORE_FAILPOINTS"
 SEED_ENV = "EOSCORE_FAILPOINTS_SEED"
@@ -39,14 +40,16 @@ class FailpointError(EosError):
 class Rule:
     """When and how one failpoint fires."""
 
-    action: str  # "kill" or "raise"
+    action: str  # "kill", "stop" or "raise"
     at: int | None = None  # fire at this hit (1-based) ...
     probability: float | None = None  # ... or at each hit with this probability
     count: int = 0  # hits seen so far
 
     def __post_init__(self) -> None:
-        if self.action not in ("kill", "raise"):
-            raise ValueError(f"failpoint action must be 'kill' or 'raise', not {self.action!r}")
+        if self.action not in ("kill", "stop", "raise"):
+            raise ValueError(
+                f"failpoint action must be 'kill', 'stop' or 'raise', not {self.action!r}"
+            )
         if (self.at is None) == (self.probability is None):
             raise ValueError("a failpoint needs exactly one of at=k or probability=p")
         if self.at is not None and self.at < 1:
@@ -59,7 +62,7 @@ _rules: dict[str, Rule] = {}
 _hits: dict[str, int] = {}
 _random = random.Random()
 
-_SPEC = re.compile(r"^\s*([\w.\-]+)\s*=\s*(kill|raise)\s*(?:@(\d+)|%([0-9.eE+-]+))\s*$")
+_SPEC = re.compile(r"^\s*([\w.\-]+)\s*=\s*(kill|stop|raise)\s*(?:@(\d+)|%([0-9.eE+-]+))\s*$")
 
 
 def parse(spec: str) -> dict[str, Rule]:
@@ -69,7 +72,7 @@ def parse(spec: str) -> dict[str, Rule]:
         match = _SPEC.match(part)
         if not match:
             raise ValueError(
-                f"{ENV}: cannot read {part!r}; expected NAME=kill@K or NAME=kill%P (or raise)"
+                f"{ENV}: cannot read {part!r}; expected NAME=kill@K or NAME=kill%P (or stop, raise)"
             )
         name, action, at, probability = match.groups()
         rules[name] = Rule(
@@ -94,6 +97,11 @@ def disable(name: str | None = None) -> None:
         _hits.clear()
     else:
         _rules.pop(name, None)
+
+
+def armed() -> bool:
+    """True when any failpoint is armed (cheap: lets callers skip extra work)."""
+    return bool(_rules)
 
 
 def active() -> dict[str, Rule]:
@@ -126,6 +134,10 @@ def _fire(name: str) -> None:
         return
     if rule.action == "raise":
         raise FailpointError(f"failpoint {name!r} fired at hit {rule.count}")
+    if rule.action == "stop":
+        del _rules[name]  # once: the resumed process must be able to go on
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return
     os.kill(os.getpid(), signal.SIGKILL)
 
 

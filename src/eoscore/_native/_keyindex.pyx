@@ -1,0 +1,381 @@
+# Native int64 key -> slot index for columnar state (eoscore.state.ColumnarState).
+#
+# Open addressing with linear probing and backward-shift deletion (no
+# tombstones, so lookups never slow down as keys come and go). Buckets are
+# mapped with Lemire's multiply-shift range reduction, so the table need not be
+# a power of two and stays near its target load of 0.7 rather than up to 2x over.
+# Slots are dense row numbers into the state's column arrays; freed slots are
+# reused (most recently freed first). Batch methods run without the GIL and
+# prefetch the buckets of a block of keys before probing them.
+
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+
+import numpy as np
+
+from eoscore._native._xxh3 cimport eos_xxh3_64_u64
+
+
+cdef extern from *:
+    """
+    static inline uint64_t eos_ki_range(uint64_t h, uint64_t n) {
+        return (uint64_t)(((__uint128_t)h * n) >> 64);
+    }
+    #define eos_ki_prefetch(p) __builtin_prefetch((p), 1, 1)
+    #include <stdlib.h>
+    #include <string.h>
+    #include <sys/mman.h>
+    /* Tables of 4 MiB and up go on 2 MiB-aligned memory with transparent huge
+       pages requested: random probes then miss the cache but not the TLB too. */
+    #define EOS_KI_BIG ((size_t)4 << 20)
+    static void *eos_ki_alloc(size_t bytes) {  /* zeroed */
+        void *p = NULL;
+        if (bytes < EOS_KI_BIG) return calloc(1, bytes);
+        if (posix_memalign(&p, (size_t)2 << 20, bytes) != 0) return NULL;
+    #ifdef MADV_HUGEPAGE
+        madvise(p, bytes, MADV_HUGEPAGE);
+    #endif
+        memset(p, 0, bytes);  /* touch now: huge pages, faulted in order */
+        return p;
+    }
+    static void eos_ki_free(void *p, size_t bytes) {
+        (void)bytes;
+        free(p);
+    }
+    """
+    uint64_t eos_ki_range(uint64_t h, uint64_t n) nogil
+    void eos_ki_prefetch(const void *p) nogil
+    void *eos_ki_alloc(size_t nbytes) nogil
+    void eos_ki_free(void *p, size_t nbytes) nogil
+
+
+cdef struct Entry:
+    int64_t key   # the key stored in this bucket
+    int64_t tag   # its slot + 1; 0 marks an empty bucket (so fresh zero pages are empty)
+
+
+DEF BLOCK = 16          # keys hashed and prefetched ahead in batch methods
+DEF MIN_BUCKETS = 16
+
+
+cdef class KeyIndex:
+    """Maps int64 keys to dense int64 slots (row numbers), reusing freed slots."""
+
+    cdef Entry *table        # buckets
+    cdef uint64_t nbuckets   # allocated buckets
+    cdef Py_ssize_t count    # keys present
+    cdef int64_t next_slot   # slots [0, next_slot) have been handed out at least once
+    cdef int64_t *free_slots # stack of freed slots
+    cdef Py_ssize_t nfree    # entries on the stack
+    cdef Py_ssize_t free_cap # allocated stack entries
+
+    def __cinit__(self, Py_ssize_t capacity=0):
+        self.table = NULL
+        self.free_slots = NULL
+        self.nbuckets = 0
+        self.count = 0
+        self.next_slot = 0
+        self.nfree = 0
+        self.free_cap = 0
+        self._alloc(self._buckets_for(capacity))
+
+    def __dealloc__(self):
+        eos_ki_free(self.table, self.nbuckets * sizeof(Entry))
+        free(self.free_slots)
+
+    cdef uint64_t _buckets_for(self, Py_ssize_t n) noexcept:
+        cdef uint64_t b = <uint64_t>(n / 0.7) + 1
+        return b if b > MIN_BUCKETS else MIN_BUCKETS
+
+    cdef int _alloc(self, uint64_t nbuckets) except -1:
+        cdef Entry *t = <Entry *>eos_ki_alloc(nbuckets * sizeof(Entry))
+        if t == NULL:
+            raise MemoryError()
+        eos_ki_free(self.table, self.nbuckets * sizeof(Entry))
+        self.table = t
+        self.nbuckets = nbuckets
+        return 0
+
+    cdef int _resize(self, uint64_t nbuckets) except -1:
+        cdef Entry *old = self.table
+        cdef uint64_t oldn = self.nbuckets, i, b
+        cdef Entry *t = <Entry *>eos_ki_alloc(nbuckets * sizeof(Entry))
+        if t == NULL:
+            raise MemoryError()
+        with nogil:
+            for i in range(oldn):
+                if old[i].tag != 0:
+                    b = eos_ki_range(eos_xxh3_64_u64(<uint64_t>old[i].key, 0), nbuckets)
+                    while t[b].tag != 0:
+                        b += 1
+                        if b == nbuckets:
+                            b = 0
+                    t[b] = old[i]
+        self.table = t
+        self.nbuckets = nbuckets
+        eos_ki_free(old, oldn * sizeof(Entry))
+        return 0
+
+    cdef inline int _grow_for(self, Py_ssize_t extra) except -1:
+        if <uint64_t>(self.count + extra) * 10 > self.nbuckets * 7:
+            self._resize(self._buckets_for(2 * (self.count + extra)))
+        return 0
+
+    cdef inline int64_t _find(self, int64_t key, uint64_t b) noexcept nogil:
+        cdef Entry *t = self.table
+        while t[b].tag != 0:
+            if t[b].key == key:
+                return t[b].tag - 1
+            b += 1
+            if b == self.nbuckets:
+                b = 0
+        return -1
+
+    cdef inline int64_t _insert(self, int64_t key, uint64_t b) noexcept nogil:
+        # Caller has ensured room for one more key.
+        cdef Entry *t = self.table
+        cdef int64_t slot
+        while t[b].tag != 0:
+            if t[b].key == key:
+                return t[b].tag - 1
+            b += 1
+            if b == self.nbuckets:
+                b = 0
+        if self.nfree:
+            self.nfree -= 1
+            slot = self.free_slots[self.nfree]
+        else:
+            slot = self.next_slot
+            self.next_slot += 1
+        t[b].key = key
+        t[b].tag = slot + 1
+        self.count += 1
+        return slot
+
+    cdef inline int64_t _remove(self, int64_t key, uint64_t b) noexcept nogil:
+        # Returns the freed slot or -1; the caller pushes it on the free stack.
+        cdef Entry *t = self.table
+        cdef uint64_t n = self.nbuckets, i, j, home
+        cdef int64_t slot
+        while t[b].tag != 0:
+            if t[b].key == key:
+                break
+            b += 1
+            if b == n:
+                b = 0
+        else:
+            return -1
+        slot = t[b].tag - 1
+        i = b
+        j = b
+        while True:
+            j += 1
+            if j == n:
+                j = 0
+            if t[j].tag == 0:
+                break
+            home = eos_ki_range(eos_xxh3_64_u64(<uint64_t>t[j].key, 0), n)
+            # The entry at j may move into the hole at i unless its home lies
+            # cyclically in (i, j].
+            if (i <= j and i < home <= j) or (i > j and (home > i or home <= j)):
+                continue
+            t[i] = t[j]
+            i = j
+        t[i].tag = 0
+        self.count -= 1
+        return slot
+
+    cdef int _push_free(self, Py_ssize_t extra) except -1:
+        cdef Py_ssize_t cap
+        cdef int64_t *p
+        if self.nfree + extra <= self.free_cap:
+            return 0
+        cap = max(self.free_cap * 2, self.nfree + extra, 64)
+        p = <int64_t *>realloc(self.free_slots, cap * sizeof(int64_t))
+        if p == NULL:
+            raise MemoryError()
+        self.free_slots = p
+        self.free_cap = cap
+        return 0
+
+    # ---- public API ------------------------------------------------------------
+
+    def __len__(self):
+        return self.count
+
+    @property
+    def slot_limit(self):
+        """One past the highest slot ever handed out (size column arrays to this)."""
+        return self.next_slot
+
+    def reserve(self, Py_ssize_t n):
+        """Make room for n keys in total without further rehashing."""
+        if self._buckets_for(n) > self.nbuckets:
+            self._resize(self._buckets_for(n))
+
+    def get(self, int64_t key):
+        """The key's slot, or -1."""
+        return self._find(key, eos_ki_range(eos_xxh3_64_u64(<uint64_t>key, 0), self.nbuckets))
+
+    def get_or_insert(self, int64_t key):
+        """The key's slot, inserting the key if absent."""
+        self._grow_for(1)
+        return self._insert(key, eos_ki_range(eos_xxh3_64_u64(<uint64_t>key, 0), self.nbuckets))
+
+    def remove(self, int64_t key):
+        """Remove the key; return its freed slot or -1 if absent."""
+        cdef int64_t slot
+        self._push_free(1)
+        slot = self._remove(key, eos_ki_range(eos_xxh3_64_u64(<uint64_t>key, 0), self.nbuckets))
+        if slot >= 0:
+            self.free_slots[self.nfree] = slot
+            self.nfree += 1
+        return slot
+
+    def lookup(self, const int64_t[::1] keys not None):
+        """Slots of keys as an int64 array, -1 where a key is absent."""
+        cdef Py_ssize_t n = keys.shape[0], i, j, m
+        out = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] o = out
+        cdef uint64_t homes[BLOCK]
+        with nogil:
+            i = 0
+            while i < n:
+                m = min(<Py_ssize_t>BLOCK, n - i)
+                for j in range(m):
+                    homes[j] = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i + j], 0),
+                                            self.nbuckets)
+                    eos_ki_prefetch(&self.table[homes[j]])
+                for j in range(m):
+                    o[i + j] = self._find(keys[i + j], homes[j])
+                i += m
+        return out
+
+    def insert(self, const int64_t[::1] keys not None):
+        """Slots of keys as an int64 array, inserting absent keys."""
+        cdef Py_ssize_t n = keys.shape[0], i, j, m
+        out = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] o = out
+        cdef uint64_t homes[BLOCK]
+        self._grow_for(n)
+        with nogil:
+            i = 0
+            while i < n:
+                m = min(<Py_ssize_t>BLOCK, n - i)
+                for j in range(m):
+                    homes[j] = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i + j], 0),
+                                            self.nbuckets)
+                    eos_ki_prefetch(&self.table[homes[j]])
+                for j in range(m):
+                    o[i + j] = self._insert(keys[i + j], homes[j])
+                i += m
+        return out
+
+    def build(self, const int64_t[::1] keys not None):
+        """Bulk-insert distinct, absent keys at slots slot_limit, slot_limit + 1, ...
+
+        The fast path for restoring a checkpoint. Keys (with their slots) are
+        first partitioned by the table region they hash to, then inserted one
+        region at a time, so probes hit cache instead of missing on every key.
+        Returns the first slot. Raises ValueError if a key repeats or is
+        already present; the index is then inconsistent and must be discarded
+        (restore does).
+        """
+        cdef Py_ssize_t n = keys.shape[0], i
+        cdef uint64_t nparts, part, b, nb
+        cdef uint64_t *starts = NULL
+        cdef Entry *buf = NULL
+        cdef int64_t first = self.next_slot, key = 0
+        cdef Entry *t
+        cdef bint dup = False
+        if n == 0:
+            return first
+        self._grow_for(n)
+        nb = self.nbuckets
+        nparts = min(<uint64_t>1024, nb // 4096 + 1)
+        buf = <Entry *>malloc(n * sizeof(Entry))
+        starts = <uint64_t *>malloc((nparts + 1) * sizeof(uint64_t))
+        if buf == NULL or starts == NULL:
+            free(buf)
+            free(starts)
+            raise MemoryError()
+        t = self.table
+        with nogil:
+            for part in range(nparts + 1):
+                starts[part] = 0
+            for i in range(n):
+                b = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i], 0), nb)
+                starts[(b * nparts) // nb + 1] += 1
+            for part in range(nparts):
+                starts[part + 1] += starts[part]
+            for i in range(n):
+                b = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i], 0), nb)
+                part = (b * nparts) // nb
+                buf[starts[part]].key = keys[i]
+                buf[starts[part]].tag = first + i + 1
+                starts[part] += 1
+            for i in range(n):
+                key = buf[i].key
+                b = eos_ki_range(eos_xxh3_64_u64(<uint64_t>key, 0), nb)
+                while t[b].tag != 0:
+                    if t[b].key == key:
+                        dup = True
+                        break
+                    b += 1
+                    if b == nb:
+                        b = 0
+                if dup:
+                    break
+                t[b] = buf[i]
+                self.count += 1
+        free(buf)
+        free(starts)
+        if dup:
+            raise ValueError(f"key {key} repeats or is already indexed")
+        self.next_slot = first + n
+        return first
+
+    def remove_many(self, const int64_t[::1] keys not None):
+        """Remove keys; return their freed slots (-1 where absent)."""
+        cdef Py_ssize_t n = keys.shape[0], i
+        cdef int64_t slot
+        out = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] o = out
+        self._push_free(n)
+        with nogil:
+            for i in range(n):
+                slot = self._remove(keys[i], eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i], 0),
+                                                          self.nbuckets))
+                o[i] = slot
+                if slot >= 0:
+                    self.free_slots[self.nfree] = slot
+                    self.nfree += 1
+        return out
+
+
+def scatter_add_i64(int64_t[::1] target not None, const int64_t[::1] slots not None,
+                    const int64_t[::1] values not None):
+    """target[slots[i]] += values[i] for every i (duplicates add up); no GIL."""
+    cdef Py_ssize_t i, n = slots.shape[0], lim = target.shape[0]
+    if values.shape[0] != n:
+        raise ValueError("slots and values differ in length")
+    with nogil:
+        for i in range(n):
+            if slots[i] < 0 or slots[i] >= lim:
+                with gil:
+                    raise IndexError(f"slot {slots[i]} outside 0..{lim - 1}")
+            target[slots[i]] += values[i]
+
+
+def scatter_add_f64(double[::1] target not None, const int64_t[::1] slots not None,
+                    const double[::1] values not None):
+    """target[slots[i]] += values[i] for every i (duplicates add up); no GIL."""
+    cdef Py_ssize_t i, n = slots.shape[0], lim = target.shape[0]
+    if values.shape[0] != n:
+        raise ValueError("slots and values differ in length")
+    with nogil:
+        for i in range(n):
+            if slots[i] < 0 or slots[i] >= lim:
+                with gil:
+                    raise IndexError(f"slot {slots[i]} outside 0..{lim - 1}")
+            target[slots[i]] += values[i]

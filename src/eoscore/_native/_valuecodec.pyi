@@ -1,0 +1,9 @@
+"""Typing stub for the tagged value encoding state is stored in."""
+
+from typing import Any
+
+from typing_extensions import Buffer
+
+def check_value(value: object) -> None: ...
+def encode_value(value: object) -> bytes: ...
+def decode_value(data: Buffer) -> Any: ...

@@ -1,0 +1,567 @@
+"""An exactly-once consume-transform-produce loop around confluent-kafka.
+
+The protocol is ``docs/kafka-processor.md``; its numbered steps appear below as
+``# Step N`` comments.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, NamedTuple, NoReturn, TypeVar
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from eoscore import failpoints
+from eoscore.kafka._dedup_step import DedupIndex, DedupStep, KeyFunc
+from eoscore.kafka.errors import (
+    ErrorAction,
+    FatalKafkaError,
+    KafkaProcessorError,
+    ProducerFencedError,
+    TransactionTimeoutError,
+    classify,
+)
+from eoscore.kafka.metrics import ProcessorMetrics
+
+__all__ = ["ExactlyOnceProcessor", "OutputRecord", "Transform"]
+
+_log = logging.getLogger("eoscore.kafka")
+_T = TypeVar("_T")
+_TP = tuple[str, int]
+
+# Keys the processor owns: a user value would silently break exactly-once.
+_CONSUMER_FIXED = {
+    "isolation.level": "read_committed",
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+}
+
+
+class OutputRecord(NamedTuple):
+    """One record for the producer. ``partition=None`` lets the partitioner pick.
+
+    A named tuple: cheap to build once per output record.
+    """
+
+    topic: str
+    value: bytes | str | None
+    key: bytes | str | None = None
+    headers: list[tuple[str, bytes | str | None]] | None = None
+    partition: int | None = None
+
+
+#: Batch of ``confluent_kafka.Message`` (no error, in consume order) -> outputs.
+Transform = Callable[[list[Any]], Iterable[OutputRecord]]
+
+
+class _AbortRequired(Exception):
+    """Internal: the open transaction must be aborted and the input rewound."""
+
+
+class ExactlyOnceProcessor:
+    """Consume ``topics`` as a member of ``group_id``, transform, produce, exactly once.
+
+    Every output record and the input offsets that produced it are committed in
+    one Kafka transaction, so a ``read_committed`` reader of the outputs sees each
+    input's outputs exactly once, whatever crashes, rebalances or restarts occur.
+
+    ``instance_id`` must be stable across restarts of the same instance (a pod
+    name, a host-and-slot): the transactional id is ``{group_id}.{instance_id}``,
+    and a restarted instance fences its predecessor with it. Two live instances
+    must never share it.
+
+    ``transform`` gets a list of ``confluent_kafka.Message`` and returns the
+    :class:`OutputRecord` s to produce; it may be called again with the same
+    inputs after an abort, so it must not have side effects outside Kafka.
+
+    A transaction is committed once ``commit_interval_ms`` have passed since it
+    began or it holds ``commit_every`` input records, whichever comes first.
+
+    ``dedup`` (an object with ``check_and_add``, e.g.
+    ``eoscore.dedup.Deduplicator``) drops inputs whose ``dedup_key`` (default: the
+    message key) was seen before. Its memory is the deduplicator's: duplicates
+    across a restart are only caught if it was restored.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Sequence[str],
+        transform: Transform,
+        instance_id: str,
+        commit_interval_ms: int = 100,
+        commit_every: int | None = None,
+        batch_size: int = 1000,
+        poll_timeout_s: float = 0.1,
+        transaction_timeout_ms: int = 60_000,
+        static_membership: bool = False,
+        dedup: DedupIndex | None = None,
+        dedup_key: KeyFunc | None = None,
+        consumer_config: Mapping[str, Any] | None = None,
+        producer_config: Mapping[str, Any] | None = None,
+        metrics_interval_s: float = 10.0,
+        operation_timeout_s: float = 30.0,
+        max_aborts_in_a_row: int = 10,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not topics:
+            raise ValueError("topics: give at least one input topic")
+        if commit_interval_ms <= 0 or (commit_every is not None and commit_every <= 0):
+            raise ValueError("commit_interval_ms and commit_every must be positive")
+        if commit_interval_ms >= transaction_timeout_ms:
+            raise ValueError(
+                f"commit_interval_ms {commit_interval_ms} >= transaction_timeout_ms "
+                f"{transaction_timeout_ms}: every transaction would time out"
+            )
+        for key, value in _CONSUMER_FIXED.items():
+            if consumer_config and key in consumer_config and consumer_config[key] != value:
+                raise ValueError(f"consumer_config[{key!r}] must be {value!r} for exactly-once")
+        self.transactional_id = f"{group_id}.{instance_id}"
+        self._log = logger or _log
+        self._topics = list(topics)
+        self._transform = transform
+        self._interval_s = commit_interval_ms / 1000.0
+        self._commit_every = commit_every
+        self._batch_size = batch_size
+        self._poll_timeout_s = poll_timeout_s
+        self._txn_timeout_s = transaction_timeout_ms / 1000.0
+        self._op_timeout_s = operation_timeout_s
+        self._max_aborts = max_aborts_in_a_row
+        self._aborts_in_a_row = 0
+        self._dedup = DedupStep(dedup, dedup_key or _message_key) if dedup is not None else None
+        self.metrics = ProcessorMetrics(interval_s=metrics_interval_s, logger=self._log)
+
+        cconf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group_id,
+            "auto.offset.reset": "earliest",
+            **dict(consumer_config or {}),
+            **_CONSUMER_FIXED,
+        }
+        if static_membership:
+            cconf["group.instance.id"] = instance_id
+        self._reset_to = OFFSET_END if cconf["auto.offset.reset"] == "latest" else OFFSET_BEGINNING
+        pconf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "linger.ms": 5,
+            "delivery.report.only.error": True,
+            **dict(producer_config or {}),
+            "transactional.id": self.transactional_id,
+            "transaction.timeout.ms": transaction_timeout_ms,
+        }
+        self._consumer = Consumer(cconf)
+        self._producer = Producer(pconf)
+
+        self._assigned: set[_TP] = set()
+        single = len(self._topics) == 1 and not self._topics[0].startswith("^")  # not a regex
+        self._single_topic = self._topics[0] if single else None
+        self._rebalanced = True  # the next batch takes the careful path
+        self._pending: dict[_TP, int] = {}  # next offset to commit, per partition
+        self._txn_open = False
+        self._txn_started = 0.0
+        self._txn_inputs = 0
+        self._started = False
+        self._stopping = False
+        self._closed = False
+        self._dead = False  # fenced or fatal: the producer must not be used again
+
+    # --- public ------------------------------------------------------------------
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Process until :meth:`stop` (or ``until()`` is true), then commit and close.
+
+        Raises :class:`ProducerFencedError`, :class:`TransactionTimeoutError` or
+        :class:`FatalKafkaError` when this instance can no longer write, and
+        re-raises an exception of ``transform`` after aborting its transaction.
+        The processor is closed when ``run`` returns or raises.
+        """
+        try:
+            self._start()
+            while not self._stopping and not (until is not None and until()):
+                try:
+                    self._iterate()
+                except _AbortRequired as exc:
+                    self._log.warning("%s: aborting transaction: %s", self.transactional_id, exc)
+                    self._abort_and_rewind(self._assigned)
+                    if self._aborts_in_a_row >= self._max_aborts:
+                        raise KafkaProcessorError(
+                            f"{self.transactional_id}: {self._aborts_in_a_row} transactions in "
+                            f"a row aborted, last because of: {exc}; the same input keeps "
+                            "failing (record too large for the output topic? missing ACL?)"
+                        ) from exc
+                self.metrics.tick()
+            if self._txn_open:
+                try:
+                    self._commit()
+                except _AbortRequired:
+                    self._abort_and_rewind(set())
+        except BaseException:
+            self._fail_close()
+            raise
+        self.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to commit and return (safe from signal handlers and threads)."""
+        self._stopping = True
+
+    def close(self) -> None:
+        """Leave the group and release the clients. Idempotent.
+
+        Commits nothing: :meth:`run` commits before it returns. A transaction left
+        open (close without run finishing) is aborted by the coordinator.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._dead = True  # a revoke during close must not touch the producer
+        try:
+            self._consumer.close()
+        finally:
+            self._producer.flush(0)
+
+    def __enter__(self) -> ExactlyOnceProcessor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def assignment(self) -> frozenset[_TP]:
+        """The ``(topic, partition)`` pairs this member owns right now."""
+        return frozenset(self._assigned)
+
+    # --- the loop ----------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._started:
+            raise KafkaProcessorError("run() was already called; build a new processor")
+        self._started = True
+        # Step 1: claim the transactional id; any older producer with it is fenced
+        # and its open transaction aborted by the coordinator.
+        self._retrying(
+            "init_transactions", lambda: self._producer.init_transactions(self._op_timeout_s)
+        )
+        # Step 2: join the group; positions come from committed offsets.
+        self._consumer.subscribe(
+            self._topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def _iterate(self) -> None:
+        timeout = self._poll_timeout_s
+        if self._txn_open:
+            due_in = self._txn_started + self._interval_s - time.monotonic()
+            timeout = max(0.0, min(timeout, due_in))
+        # Step 3: consume a batch (rebalance callbacks run inside this call).
+        messages = self._consumer.consume(self._batch_size, timeout)
+        batch = self._accept(messages) if messages else []
+        if batch:
+            self._process(batch)
+        if self._txn_open and (
+            time.monotonic() - self._txn_started >= self._interval_s
+            or (self._commit_every is not None and self._txn_inputs >= self._commit_every)
+        ):
+            self._commit()
+
+    def _accept(self, messages: list[Any]) -> list[Any]:
+        """Drop errors and records of partitions no longer ours; note next offsets."""
+        if self._single_topic is not None and not self._rebalanced:
+            # Fast path (one topic, no rebalance in this consume): two calls per
+            # record, offsets read only from the last record of each partition.
+            last: dict[int, Any] = {}
+            for msg in messages:
+                if msg.error() is not None:
+                    break
+                last[msg.partition()] = msg
+            else:
+                topic, pending = self._single_topic, self._pending
+                for partition, msg in last.items():
+                    pending[(topic, partition)] = msg.offset() + 1
+                return messages
+        self._rebalanced = False
+        batch: list[Any] = []
+        pending, assigned = self._pending, self._assigned
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    self._raise_fatal(err, "consume")
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._log.warning("%s: consumer error: %s", self.transactional_id, err)
+                continue
+            tp = (msg.topic(), msg.partition())
+            if tp not in assigned:
+                continue
+            pending[tp] = msg.offset() + 1
+            batch.append(msg)
+        return batch
+
+    def _process(self, batch: list[Any]) -> None:
+        self.metrics.records_in += len(batch)
+        self._txn_inputs += len(batch)
+        # Step 4: open a transaction with the first records after a commit.
+        if not self._txn_open:
+            self._call("begin_transaction", self._producer.begin_transaction)
+            self._txn_open = True
+            self._txn_started = time.monotonic()
+        # Step 5: drop duplicate inputs (optional).
+        if self._dedup is not None:
+            kept = self._dedup.filter(batch)
+            self.metrics.duplicates_dropped += len(batch) - len(kept)
+            batch = kept
+            if not batch:
+                return
+        # Step 6: transform.
+        outputs = self._transform(batch)
+        # Step 7: produce into the open transaction.
+        self._produce(outputs if isinstance(outputs, list) else list(outputs))
+
+    def _produce(self, outputs: list[OutputRecord]) -> None:
+        if failpoints.armed():
+            failpoints.hit("kafka.before_produce")
+            half = len(outputs) // 2
+            self._produce_all(outputs[:half])
+            failpoints.hit("kafka.mid_produce")
+            self._produce_all(outputs[half:])
+            failpoints.hit("kafka.after_produce")
+        else:
+            self._produce_all(outputs)
+        self._producer.poll(0)
+        self.metrics.records_out += len(outputs)
+
+    def _produce_all(self, outputs: list[OutputRecord]) -> None:
+        produce = self._producer.produce
+        for topic, value, key, headers, partition in outputs:
+            try:
+                if headers is None and partition is None:
+                    produce(topic, value, key)  # the common case: no keyword parsing
+                elif partition is None:
+                    produce(topic, value, key, headers=headers)
+                else:
+                    produce(topic, value, key, partition, headers=headers)
+            except BufferError:
+                self._produce_slow(OutputRecord(topic, value, key, headers, partition))
+            except KafkaException as exc:
+                self._handle(exc.args[0], "produce")
+                self._produce_slow(OutputRecord(topic, value, key, headers, partition))
+
+    def _produce_slow(self, rec: OutputRecord) -> None:
+        """Retry one record until the local queue (or a retriable error) lets it in."""
+        while True:
+            self._producer.poll(0.05)  # let deliveries drain
+            try:
+                self._producer.produce(
+                    rec.topic,
+                    rec.value,
+                    rec.key,
+                    -1 if rec.partition is None else rec.partition,
+                    headers=rec.headers,
+                )
+                return
+            except BufferError:
+                continue
+            except KafkaException as exc:
+                self._handle(exc.args[0], "produce")
+
+    def _commit(self) -> None:
+        started = time.monotonic()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
+        # Step 8: add the input offsets to the transaction, fenced by group generation.
+        if offsets:
+            self._retrying(
+                "send_offsets_to_transaction",
+                lambda: self._producer.send_offsets_to_transaction(
+                    offsets, self._consumer.consumer_group_metadata(), self._op_timeout_s
+                ),
+            )
+        failpoints.hit("kafka.after_send_offsets")
+        # Step 9: commit outputs and offsets atomically.
+        self._retrying(
+            "commit_transaction", lambda: self._producer.commit_transaction(self._op_timeout_s)
+        )
+        failpoints.hit("kafka.after_commit")
+        self._txn_closed()
+        self._aborts_in_a_row = 0
+        if self._dedup is not None:
+            self._dedup.committed()
+        self.metrics.commit_done(time.monotonic() - started)
+
+    def _abort_and_rewind(self, partitions: set[_TP]) -> None:
+        """Step A: abort the open transaction, seek ``partitions`` to committed offsets."""
+        if self._txn_open:
+            self._retrying(
+                "abort_transaction", lambda: self._producer.abort_transaction(self._op_timeout_s)
+            )
+            self.metrics.txns_aborted += 1
+            self._aborts_in_a_row += 1
+        self._txn_closed()
+        if self._dedup is not None:
+            self._dedup.aborted()
+        if not partitions:
+            return
+        tps = [TopicPartition(t, p) for t, p in sorted(partitions)]
+        committed = self._retrying(
+            "committed", lambda: self._consumer.committed(tps, self._op_timeout_s)
+        )
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else self._reset_to
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _txn_closed(self) -> None:
+        self._txn_open = False
+        self._txn_inputs = 0
+        self._pending.clear()
+
+    # --- rebalances ----------------------------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        # The default assign (done by confluent-kafka after this returns) starts
+        # each partition at its committed offset, read with require_stable, so an
+        # offset commit still pending in someone's transaction is waited for.
+        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self._rebalanced = True
+        self.metrics.rebalances += 1
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # Step R: the partitions go after this returns; their progress must be
+        # committed (or aborted and forgotten) first.
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if not self._dead and self._txn_open:
+            try:
+                self._commit()
+            except _AbortRequired as exc:
+                self._log.warning("%s: abort on revoke: %s", self.transactional_id, exc)
+                self._abort_and_rewind(self._assigned - revoked)
+        self._forget(revoked)
+
+    def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        # The group moved on without us: our offsets can no longer be committed.
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        if not self._dead and self._txn_open:
+            self._log.warning("%s: partitions lost, aborting", self.transactional_id)
+            self._abort_and_rewind(self._assigned - lost)
+        self._forget(lost)
+
+    def _forget(self, partitions: set[_TP]) -> None:
+        self._rebalanced = True
+        self._assigned -= partitions
+        for tp in partitions:
+            self._pending.pop(tp, None)
+        if self._dedup is not None:
+            self._dedup.revoked(partitions)
+
+    # --- errors --------------------------------------------------------------------
+
+    def _call(self, op: str, fn: Callable[[], _T]) -> _T:
+        try:
+            return fn()
+        except KafkaException as exc:
+            self._handle(exc.args[0], op)
+            raise  # _handle returns only for RETRY; here that is the caller's job
+
+    def _retrying(self, op: str, fn: Callable[[], _T]) -> _T:
+        """Call ``fn``, repeating it on retriable errors for ``operation_timeout_s``."""
+        deadline = time.monotonic() + self._op_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return fn()
+            except KafkaException as exc:
+                err = exc.args[0]
+                self._handle(err, op)
+                if time.monotonic() > deadline:
+                    if op in ("send_offsets_to_transaction", "commit_transaction"):
+                        raise _AbortRequired(f"{op} kept failing: {err}") from exc
+                    raise KafkaProcessorError(
+                        f"{self.transactional_id}: {op} still failing after "
+                        f"{self._op_timeout_s:.0f}s: {err.str()}",
+                        err,
+                    ) from exc
+                self._log.info("%s: %s: retriable, retrying: %s", self.transactional_id, op, err)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _handle(self, err: Any, op: str) -> None:
+        """Return for RETRY; raise for every other action."""
+        action = classify(err)
+        if action is ErrorAction.RETRY:
+            return
+        if action is ErrorAction.ERROR and err.code() == KafkaError._STATE and self._txn_open:
+            # produce() refuses with _STATE once an earlier delivery failure put the
+            # transaction in its abortable-error state. Abort; if the state is
+            # really fatal, abort_transaction raises that fatal error.
+            raise _AbortRequired(f"{op}: {err.str()} (transaction in error state)")
+        if action is ErrorAction.ABORT:
+            raise _AbortRequired(f"{op}: {err.str()}")
+        if action in (ErrorAction.FENCED, ErrorAction.FATAL):
+            self._raise_fatal(err, op)
+        raise KafkaProcessorError(f"{self.transactional_id}: {op} failed: {err.str()}", err)
+
+    def _raise_fatal(self, err: Any, op: str) -> NoReturn:
+        self._dead = True
+        if classify(err) is ErrorAction.FENCED:
+            age = time.monotonic() - self._txn_started
+            if self._txn_open and age >= self._txn_timeout_s:
+                raise TransactionTimeoutError(
+                    f"transactional.id {self.transactional_id!r}: the transaction was open "
+                    f"{age:.1f}s, longer than transaction.timeout.ms "
+                    f"({self._txn_timeout_s * 1000:.0f}); the coordinator aborted it ({op}: "
+                    f"{err.str()}). Restart to resume from committed offsets; raise "
+                    "transaction_timeout_ms if batches are that slow",
+                    err,
+                )
+            raise ProducerFencedError(
+                f"transactional.id {self.transactional_id!r}: another instance with this id "
+                f"took over ({op}: {err.str()}); this one stopped and none of its "
+                "uncommitted writes will be visible",
+                err,
+            )
+        raise FatalKafkaError(
+            f"transactional.id {self.transactional_id!r}: fatal Kafka error in {op}: "
+            f"{err.str()}; restart the process",
+            err,
+        )
+
+    def _fail_close(self) -> None:
+        """Close after an exception: abort if the producer is usable, else leave it."""
+        if not self._dead and self._txn_open:
+            try:
+                self._producer.abort_transaction(min(self._op_timeout_s, 5.0))
+                self.metrics.txns_aborted += 1
+            except KafkaException as exc:
+                self._log.warning("%s: abort while failing: %s", self.transactional_id, exc)
+        self._txn_closed()
+        try:
+            self.close()
+        except KafkaException as exc:
+            self._log.warning("%s: close while failing: %s", self.transactional_id, exc)
+
+
+def _message_key(msg: Any) -> bytes:
+    key = msg.key()
+    if key is None:
+        raise ValueError(
+            f"dedup: message {msg.topic()}[{msg.partition()}]@{msg.offset()} has no key; "
+            "pass dedup_key="
+        )
+    return bytes(key)

@@ -1,0 +1,307 @@
+"""Keyed value and map state: Python dicts with dirty tracking and TTL.
+
+Keys and values are ints, floats, bools, None, strs, bytes, and lists, tuples
+and dicts of those (keys must also be hashable). They are checked on write,
+so a value that could not be checkpointed fails at ``put``, not at the next
+checkpoint. Stored values are treated as immutable: ``put`` a new value rather
+than mutating one in place (an in-place change is invisible to the dirty
+tracking). ``MapState`` copies a user map before its first change after a
+barrier, so an in-flight snapshot never sees later writes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Mapping
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from eoscore._native._statecodec import ChunkEncoder, check_value
+from eoscore.checkpoint.errors import CorruptCheckpointError
+from eoscore.state.ttl import CLEANUP_PER_WRITE, Expiry, Ttl
+
+__all__ = ["MapState", "ValueState"]
+
+_MISSING: Any = object()
+
+
+class _FrozenRecords:
+    """Upserts (and, for an incremental view, deletes) captured at the barrier."""
+
+    def __init__(
+        self,
+        owner: _KeyedState,
+        upserts: Mapping[Hashable, Any],
+        deletes: list[Hashable],
+        stamps: Mapping[Hashable, float] | None,
+        incremental: bool,
+    ) -> None:
+        self._owner = owner
+        self._upserts = upserts
+        self._deletes = deletes
+        self._stamps = stamps
+        self.incremental = incremental
+        self.entries = len(upserts) + len(deletes)
+        self._garbage: object = None
+
+    def _items(self) -> Iterator[tuple[Hashable, Any]]:
+        stamps = self._stamps
+        if stamps is None:
+            yield from self._upserts.items()
+        else:
+            for key, value in self._upserts.items():
+                yield key, (stamps[key], value)
+
+    def chunks(self, encoder: ChunkEncoder) -> Iterator[bytes]:
+        yield from encoder.records(self._items())
+        yield from encoder.keys(self._deletes)
+
+    def release(self) -> None:
+        self._garbage = None
+        self._upserts = {}
+        self._deletes = []
+        if self._owner is not None:
+            self._owner._frozen_views -= 1
+            self._owner = None  # type: ignore[assignment]
+
+
+class _RecordsRestorer:
+    def __init__(self, owner: _KeyedState, timed: bool) -> None:
+        self._owner = owner
+        self._timed = timed
+        self._data: dict[Hashable, Any] = {}
+        self._stamps: dict[Hashable, float] = {}
+
+    def begin_segment(self, base: bool) -> None:
+        pass
+
+    def records_dict(self) -> dict[Any, Any] | None:
+        return None if self._timed else self._data
+
+    def records(self, items: list[tuple[Any, Any]]) -> None:
+        data = self._data
+        if self._timed:
+            stamps = self._stamps
+            for key, (stamp, value) in items:
+                data[key] = value
+                stamps[key] = stamp
+        else:
+            data.update(items)
+
+    def deleted_keys(self, keys: list[Any]) -> None:
+        for key in keys:
+            self._data.pop(key, None)
+            self._stamps.pop(key, None)
+
+    def columns(self, keys: npt.NDArray[np.int64], columns: list[npt.NDArray[Any]]) -> None:
+        raise CorruptCheckpointError("columnar chunk in a keyed state's checkpoint")
+
+    def deleted_column_keys(self, keys: npt.NDArray[np.int64]) -> None:
+        raise CorruptCheckpointError("columnar chunk in a keyed state's checkpoint")
+
+    def count(self) -> int:
+        return len(self._data)
+
+    def install(self) -> None:
+        self._owner._install(self._data, self._stamps)
+
+
+class _KeyedState:
+    state_type = "keyed"
+
+    def __init__(self, name: str, *, ttl: Ttl | None = None) -> None:
+        self.name = name
+        self.ttl = ttl
+        self._data: dict[Hashable, Any] = {}
+        self._dirty: set[Hashable] = set()
+        self._expiry = Expiry(ttl) if ttl is not None else None
+        self._frozen_views = 0  # snapshots still encoding (copy-on-write while > 0)
+
+    # ---- reading -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return self._live(key)
+
+    def _live(self, key: Any) -> bool:
+        if key not in self._data:
+            return False
+        if self._expiry is not None and self._expiry.is_expired(key):
+            self.delete(key)
+            return False
+        return True
+
+    def keys(self) -> list[Hashable]:
+        """Live keys (expired ones are dropped first)."""
+        self.expire()
+        return list(self._data)
+
+    # ---- writing -------------------------------------------------------------
+
+    def _written(self, key: Hashable) -> None:
+        self._dirty.add(key)
+        expiry = self._expiry
+        if expiry is not None:
+            expiry.touch(key)
+            for old in expiry.due(CLEANUP_PER_WRITE):
+                self.delete(old)
+
+    def delete(self, key: Hashable) -> bool:
+        """Remove key; True if it was present."""
+        if self._data.pop(key, _MISSING) is _MISSING:
+            return False
+        self._dirty.add(key)
+        if self._expiry is not None:
+            self._expiry.forget(key)
+        return True
+
+    def advance_time(self, t: float) -> None:
+        """Move event time to t (for TTL by event time); expired keys become invisible."""
+        if self._expiry is not None:
+            self._expiry.clock.advance(t)
+
+    def expire(self, limit: int | None = None) -> int:
+        """Delete expired keys now (at most ``limit``); return how many."""
+        if self._expiry is None:
+            return 0
+        due = self._expiry.due(limit)
+        for key in due:
+            self.delete(key)
+        return len(due)
+
+    def clear(self) -> None:
+        for key in list(self._data):
+            self.delete(key)
+
+    # ---- checkpoint protocol -------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {"ttl": self.ttl.to_json() if self.ttl is not None else None}
+
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
+    def dirty_bound(self) -> int:
+        return len(self._dirty)
+
+    def freeze(self, incremental: bool) -> _FrozenRecords:
+        data = self._data
+        stamps = self._expiry.stamps if self._expiry is not None else None
+        if incremental:
+            upserts = {k: data[k] for k in self._dirty if k in data}
+            deletes = [k for k in self._dirty if k not in data]
+            frozen_stamps = {k: stamps[k] for k in upserts} if stamps is not None else None
+        else:
+            upserts = dict(data)
+            deletes = []
+            frozen_stamps = dict(stamps) if stamps is not None else None
+        frozen = _FrozenRecords(self, upserts, deletes, frozen_stamps, incremental)
+        frozen._garbage = self._dirty  # freed on the checkpoint thread, not at the barrier
+        self._dirty = set()
+        self._frozen_views += 1
+        self._barrier()
+        return frozen
+
+    def _barrier(self) -> None:
+        """Hook: a snapshot was just taken."""
+
+    def restorer(self, meta: Mapping[str, Any], expected: int = 0) -> _RecordsRestorer:
+        saved = Ttl.from_json(meta.get("ttl"))
+        return _RecordsRestorer(self, timed=saved is not None)
+
+    def _install(self, data: dict[Hashable, Any], stamps: dict[Hashable, float]) -> None:
+        self._data = data
+        self._dirty = set()
+        if self._expiry is not None:
+            now = self._expiry.clock.now()
+            self._expiry.stamps = OrderedDict(
+                sorted(((k, stamps.get(k, now)) for k in data), key=itemgetter(1))
+            )
+            if stamps and self._expiry.clock.event:
+                self._expiry.clock.advance(max(stamps.values()))
+        self._barrier()
+
+
+class ValueState(_KeyedState):
+    """One value per key, e.g. the last event seen for each user."""
+
+    state_type = "value"
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        value = self._data.get(key, _MISSING)
+        if value is _MISSING or (self._expiry is not None and not self._live(key)):
+            return default
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        check_value(key)
+        check_value(value)
+        self._data[key] = value
+        self._written(key)
+
+    def items(self) -> list[tuple[Hashable, Any]]:
+        """Live (key, value) pairs."""
+        self.expire()
+        return list(self._data.items())
+
+
+class MapState(_KeyedState):
+    """A map per key (user key -> value), e.g. open sessions per user."""
+
+    state_type = "map"
+
+    def __init__(self, name: str, *, ttl: Ttl | None = None) -> None:
+        super().__init__(name, ttl=ttl)
+        self._owned: set[Hashable] = set()  # keys whose map was copied since the barrier
+
+    def _barrier(self) -> None:
+        self._owned = set()
+
+    def _for_write(self, key: Hashable) -> dict[Any, Any]:
+        inner: dict[Any, Any] | None = self._data.get(key)
+        if inner is None:
+            inner = self._data[key] = {}
+            self._owned.add(key)
+        elif self._frozen_views and key not in self._owned:
+            inner = self._data[key] = dict(inner)
+            self._owned.add(key)
+        return inner
+
+    def get(self, key: Hashable, user_key: Hashable, default: Any = None) -> Any:
+        if not self._live(key):
+            return default
+        return self._data[key].get(user_key, default)
+
+    def contains(self, key: Hashable, user_key: Hashable) -> bool:
+        return self._live(key) and user_key in self._data[key]
+
+    def put(self, key: Hashable, user_key: Hashable, value: Any) -> None:
+        check_value(key)
+        check_value(user_key)
+        check_value(value)
+        self._live(key)  # an expired map starts over
+        self._for_write(key)[user_key] = value
+        self._written(key)
+
+    def remove(self, key: Hashable, user_key: Hashable) -> bool:
+        """Remove one user key; an emptied map removes the key. True if it was present."""
+        if not self._live(key) or user_key not in self._data[key]:
+            return False
+        inner = self._for_write(key)
+        del inner[user_key]
+        if inner:
+            self._written(key)
+        else:
+            self.delete(key)
+        return True
+
+    def entries(self, key: Hashable) -> dict[Any, Any]:
+        """A copy of the key's map (empty if absent)."""
+        if not self._live(key):
+            return {}
+        return dict(self._data[key])
