@@ -65,6 +65,7 @@ def test_find_and_abort_lingering_transaction(
     with pytest.raises(KafkaException) as info:
         owner.commit_transaction(30)
     assert info.value.args[0].fatal()
+    del info, owner  # the traceback cycle would keep the fenced producer alive
 
 
 def test_abort_of_idle_transactional_id_is_harmless(kafka_bootstrap: str):
