@@ -39,9 +39,12 @@ def _selfcheck(args: argparse.Namespace) -> int:
 
 #: Modules that contribute subcommands through ``add_commands(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "eoscore.demo.cli",
+    "eoscore.verify.cli",
     "eoscore.checkpoint.cli",
     "eoscore.kafka.cli",
     "eoscore.sinks.cli",
+    "eoscore.profiling.cli",
 )
 
 

@@ -16,15 +16,27 @@ while n awaits its decision is kept in memory and produced right after.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from eoscore import failpoints
 from eoscore.sinks.two_phase import DecidingSink, Decision, PreparedHandle, RecoveryPlan
 
 __all__ = ["KafkaSink"]
+
+#: Errors that mean "the group coordinator is not ready yet": ask again.
+_TRANSIENT = frozenset(
+    {
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
 
 _META = re.compile(r"^eoscore:(?P<pipeline>.*):(?P<id>\d+)$")
 
@@ -200,7 +212,18 @@ class KafkaSink(DecidingSink):
         )
         try:
             parts = [TopicPartition(self.source.topic, p) for p in self.source.partitions()]
-            committed = consumer.committed(parts, timeout=self.timeout)
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    committed = consumer.committed(parts, timeout=self.timeout)
+                    break
+                except KafkaException as exc:
+                    # e.g. COORDINATOR_LOAD_IN_PROGRESS on a broker that just started
+                    err = exc.args[0]
+                    transient = err.retriable() or err.code() in _TRANSIENT
+                    if not transient or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
         finally:
             consumer.close()
         best: int | None = None

@@ -1,0 +1,58 @@
+"""Pipelines: sources -> operators -> two-phase sinks, run with exactly-once checkpoints.
+
+- ``Pipeline``, ``Stream``, ``KeyedStream``: the builder (``map``, ``filter``,
+  ``flat_map``, ``assign_timestamps``, ``dedup``, ``union``, ``key_by``,
+  ``aggregate``/``reduce``, ``window``, ``connect``, ``sink``).
+- ``Tumbling``, ``Sliding``, ``WindowResult``: event-time windows.
+- ``FileSource``: newline-delimited files; ``KafkaSource`` in ``eoscore.pipeline.kafka``.
+- ``CollectingSink``: an in-memory two-phase sink for tests and examples
+  (durable sinks: ``eoscore.sinks``).
+
+Run with ``Pipeline.run(state_dir, CheckpointConfig(...))``; docs/runtime.md.
+"""
+
+from eoscore.pipeline.builder import (
+    ConnectedStreams,
+    KeyedStream,
+    Pipeline,
+    Stream,
+    WindowedStream,
+    WindowOutput,
+)
+from eoscore.pipeline.errors import (
+    CheckpointFailedError,
+    CheckpointFailureReason,
+    PipelineDefinitionError,
+    PipelineError,
+    RecoveryError,
+    TooManyCheckpointFailuresError,
+)
+from eoscore.pipeline.operators import KeyedAccess
+from eoscore.pipeline.sources import END, ChannelReader, EndOfInput, FileSource, Source
+from eoscore.pipeline.testing import CollectingSink
+from eoscore.pipeline.windows import Sliding, Tumbling, WindowResult
+
+__all__ = [
+    "END",
+    "ChannelReader",
+    "CheckpointFailedError",
+    "CheckpointFailureReason",
+    "CollectingSink",
+    "ConnectedStreams",
+    "EndOfInput",
+    "FileSource",
+    "KeyedAccess",
+    "KeyedStream",
+    "Pipeline",
+    "PipelineDefinitionError",
+    "PipelineError",
+    "RecoveryError",
+    "Sliding",
+    "Source",
+    "Stream",
+    "TooManyCheckpointFailuresError",
+    "Tumbling",
+    "WindowOutput",
+    "WindowResult",
+    "WindowedStream",
+]

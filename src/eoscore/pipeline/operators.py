@@ -1,0 +1,303 @@
+"""The operators a pipeline is made of: nodes that take and emit *batches*.
+
+A batch is a list of values and, once timestamps are assigned, a parallel
+list of event times (``None`` before). Each node processes a whole batch
+and hands its output to its downstream nodes; user functions are called per
+record, the runtime's own work is per batch. Stateful nodes keep their state
+in ``eoscore.state`` objects, which the checkpoint coordinator snapshots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+from eoscore.dedup import Deduplicator
+from eoscore.state import ValueState
+
+__all__ = [
+    "AggregateNode",
+    "CoProcessNode",
+    "DedupNode",
+    "FilterNode",
+    "FlatMapNode",
+    "KeyedAccess",
+    "MapNode",
+    "Node",
+    "PassNode",
+    "RuntimeContext",
+    "SinkNode",
+    "TimestampNode",
+]
+
+Times = list[float] | None
+
+
+class RuntimeContext:
+    """What nodes may ask the executor: the channel a batch came from, watermarks."""
+
+    def __init__(self) -> None:
+        self.channel = -1  # index of the channel whose batch is being processed
+        self.observe: Callable[[int, float], None] = lambda channel, mark: None
+
+
+class Node:
+    """One operator instance. ``push`` is called with a batch from input ``port``."""
+
+    kind = "node"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.downstream: list[tuple[Node, int]] = []
+        self.ctx = RuntimeContext()
+
+    def connect_to(self, node: Node, port: int = 0) -> None:
+        self.downstream.append((node, port))
+
+    def emit(self, values: list[Any], times: Times) -> None:
+        if values:
+            for node, port in self.downstream:
+                node.push(values, times, port)
+
+    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
+        self.emit(values, times)
+
+    def on_watermark(self, mark: float) -> None:
+        """Event time reached ``mark``: no record with an earlier time will come."""
+
+    def states(self) -> dict[str, ValueState]:
+        """State to checkpoint, by a name stable across restarts."""
+        return {}
+
+    def before_snapshot(self) -> None:
+        """Move anything held outside ``states()`` into them (called at the barrier)."""
+
+    def after_restore(self) -> None:
+        """Rebuild derived structures from ``states()`` after a restore."""
+
+
+class PassNode(Node):
+    kind = "pass"
+
+
+class MapNode(Node):
+    kind = "map"
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
+        self.emit(list(map(self.fn, values)), times)
+
+
+class FilterNode(Node):
+    kind = "filter"
+
+    def __init__(self, name: str, fn: Callable[[Any], bool]) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
+        fn = self.fn
+        if times is None:
+            self.emit([v for v in values if fn(v)], None)
+            return
+        keep = [i for i, v in enumerate(values) if fn(v)]
+        self.emit([values[i] for i in keep], [times[i] for i in keep])
+
+
+class FlatMapNode(Node):
+    kind = "flat_map"
+
+    def __init__(self, name: str, fn: Callable[[Any], Iterable[Any]]) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
+        out: list[Any] = []
+        if times is None:
+            for v in values:
+                out.extend(self.fn(v))
+            self.emit(out, None)
+            return
+        out_times: list[float] = []
+        for v, t in zip(values, times, strict=True):
+            before = len(out)
+            out.extend(self.fn(v))
+            out_times.extend([t] * (len(out) - before))
+        self.emit(out, out_times)
+
+
+class TimestampNode(Node):
+    """Assigns event times and reports the channel's bounded-out-of-orderness watermark."""
+
+    kind = "timestamps"
+
+    def __init__(self, name: str, fn: Callable[[Any], float], out_of_orderness: float) -> None:
+        super().__init__(name)
+        self.fn = fn
+        self.bound = out_of_orderness
+
+    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
+        stamped = [float(t) for t in map(self.fn, values)]
+        if stamped:
+            self.ctx.observe(self.ctx.channel, max(stamped) - self.bound)
+        self.emit(values, stamped)
+
+
+class DedupNode(Node):
+    """Drops records whose key was seen before (``eoscore.dedup.Deduplicator``, with TTL)."""
+
+    kind = "dedup"
+
+    def __init__(
+        self,
+        name: str,
+        key: Callable[[Any], int | str | bytes],
+        capacity: int,
+        ttl: float | None,
+    ) -> None:
+        super().__init__(name)
+        self.key = key
+        self.capacity = capacity
+        self.ttl = ttl
+        self.dedup = Deduplicator(capacity, ttl=ttl)
+        self.state = ValueState(f"{name}.seen")
+
+    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
+        keys = [self.key(v) for v in values]
+        if self.ttl is not None and times is not None:
+            fresh = self.dedup.check_and_add(keys, times)
+        else:
+            fresh = self.dedup.check_and_add(keys)
+        if fresh.all():
+            self.emit(values, times)
+            return
+        keep = fresh.nonzero()[0].tolist()
+        self.emit([values[i] for i in keep], None if times is None else [times[i] for i in keep])
+
+    def states(self) -> dict[str, ValueState]:
+        return {self.state.name: self.state}
+
+    def before_snapshot(self) -> None:
+        self.state.put("snapshot", self.dedup.snapshot())
+
+    def after_restore(self) -> None:
+        data = self.state.get("snapshot")
+        self.dedup = (
+            Deduplicator.restore(data)
+            if data is not None
+            else Deduplicator(self.capacity, ttl=self.ttl)
+        )
+
+
+class AggregateNode(Node):
+    """Keyed running aggregate: emits ``(key, value)`` after every record."""
+
+    kind = "aggregate"
+
+    def __init__(
+        self,
+        name: str,
+        key: Callable[[Any], Hashable],
+        init: Callable[[], Any],
+        add: Callable[[Any, Any], Any],
+    ) -> None:
+        super().__init__(name)
+        self.key = key
+        self.init = init
+        self.add = add
+        self.state = ValueState(f"{name}.acc")
+
+    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
+        state, key, add, init = self.state, self.key, self.add, self.init
+        out = []
+        for v in values:
+            k = key(v)
+            acc = state.get(k, _MISSING)
+            acc = add(init() if acc is _MISSING else acc, v)
+            state.put(k, acc)
+            out.append((k, acc))
+        self.emit(out, times)
+
+    def states(self) -> dict[str, ValueState]:
+        return {self.state.name: self.state}
+
+
+_MISSING: Any = object()
+
+
+class KeyedAccess:
+    """The state of the current key, for user functions of a two-input operator."""
+
+    def __init__(self, state: ValueState) -> None:
+        self._state = state
+        self.key: Hashable = None
+
+    def get(self, default: Any = None) -> Any:
+        return self._state.get(self.key, default)
+
+    def put(self, value: Any) -> None:
+        self._state.put(self.key, value)
+
+    def clear(self) -> None:
+        self._state.delete(self.key)
+
+
+CoFunction = Callable[[KeyedAccess, Any], Iterable[Any]]
+
+
+class CoProcessNode(Node):
+    """Keyed two-input operator (joins): one function per input, shared keyed state."""
+
+    kind = "co_process"
+
+    def __init__(
+        self,
+        name: str,
+        keys: tuple[Callable[[Any], Hashable], Callable[[Any], Hashable]],
+        fns: tuple[CoFunction, CoFunction],
+    ) -> None:
+        super().__init__(name)
+        self.keys = keys
+        self.fns = fns
+        self.state = ValueState(f"{name}.state")
+        self.access = KeyedAccess(self.state)
+
+    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
+        key, fn, access = self.keys[port], self.fns[port], self.access
+        out: list[Any] = []
+        out_times: list[float] | None = None if times is None else []
+        for i, v in enumerate(values):
+            access.key = key(v)
+            before = len(out)
+            out.extend(fn(access, v))
+            if out_times is not None and times is not None:
+                out_times.extend([times[i]] * (len(out) - before))
+        self.emit(out, out_times)
+
+    def states(self) -> dict[str, ValueState]:
+        return {self.state.name: self.state}
+
+
+class SinkNode(Node):
+    """Hands batches to a two-phase sink (visible only once a checkpoint commits)."""
+
+    kind = "sink"
+
+    def __init__(self, name: str, sink: Any) -> None:
+        super().__init__(name)
+        self.sink = sink
+
+    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
+        if values:
+            self.sink.write(values)
+
+
+def max_timestamp(end: float) -> float:
+    """The event time given to a window's result: just before its end (Flink: end - 1)."""
+    if isinstance(end, int):
+        return end - 1
+    return math.nextafter(end, -math.inf)

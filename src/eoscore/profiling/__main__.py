@@ -1,0 +1,7 @@
+"""``python -m eoscore.profiling profile|capacity ...``."""
+
+import sys
+
+from eoscore.profiling.cli import main
+
+sys.exit(main())

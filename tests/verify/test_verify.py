@@ -1,0 +1,122 @@
+"""``eoscore verify``: catches a broken pipeline, passes a correct one, reports clearly."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eoscore.verify import TargetError, compare, inject_duplicates, load_target
+from eoscore.verify.report import VerifyReport
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def verify(*args: str) -> tuple[int, dict[str, Any], str]:
+    """``python -m eoscore.verify ... --json`` from the repo root: (rc, report, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "eoscore.verify", *args, "--json", "--kill-window", "0.4,1.0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.stdout, proc.stderr[-3000:]
+    return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+
+# --- the two end-to-end verdicts ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_broken_pipeline_is_caught(tmp_path: Path) -> None:
+    # Rows committed at write, positions committed separately: every kill between a
+    # write and the next decision replays windows that are already visible.
+    rc, report, _ = verify(
+        "tests.verify.pipelines:broken", "-k", "5", "--seed", "3", "--workdir", str(tmp_path)
+    )
+    assert rc == 1
+    assert report["ok"] is False
+    assert report["kills"] >= 1
+    assert report["duplicates_found"] > 0
+    first = report["offending"]["duplicates"][0]
+    assert len(first["values"]) >= 2 and first["values"][0] == first["values"][1]
+
+
+@pytest.mark.slow
+def test_correct_pipeline_passes_with_injected_duplicates(tmp_path: Path) -> None:
+    rc, report, _ = verify(
+        "tests.verify.pipelines:correct",
+        "-k", "5", "--seed", "3", "--duplicates", "0.02", "--workdir", str(tmp_path),
+    )  # fmt: skip
+    assert rc == 0, report
+    assert report["ok"] is True
+    assert report["kills"] >= 3, report  # the verdict rests on real kills
+    assert report["duplicates_injected"] > 1000
+    assert report["records_in"] == 300_000 + report["duplicates_injected"]
+    assert (report["duplicates_found"], report["missing"], report["extra"], report["wrong"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert report["records_out"] == report["keys_expected"] > 0
+    # (a run killed before its sources reopened, e.g. mid-restore, has no recovery time)
+    assert 1 <= report["recovery_seconds"]["count"] <= report["restarts"]
+    assert report["checkpoint_bytes"]["max"] > 0
+
+
+def test_a_bad_target_is_an_error_not_a_verdict(tmp_path: Path) -> None:
+    rc, _, err = (lambda p: (p.returncode, None, p.stderr))(
+        subprocess.run(
+            [sys.executable, "-m", "eoscore.verify", "tests.verify.pipelines:not_a_target"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+    )  # fmt: skip
+    assert rc == 2
+    assert "must return an eoscore.verify.VerifyTarget" in err
+
+
+# --- pieces -------------------------------------------------------------------------------
+
+
+def test_compare_finds_every_kind_of_violation() -> None:
+    expected = {"a": 1, "b": 2, "c": 3}
+    found = compare([("a", 1), ("a", 1), ("b", 5), ("z", 9)], expected)
+    assert (found.duplicate_records, found.missing, found.extra, found.wrong) == (1, 1, 1, 1)
+    assert not found.ok
+    assert found.examples["missing"] == [{"key": "c", "expected": 3}]
+    assert found.examples["wrong"] == [{"key": "b", "expected": 2, "got": 5}]
+    assert compare([("a", 1), ("b", 2), ("c", 3)], expected).ok
+
+
+def test_report_needs_a_kill_to_pass() -> None:
+    report = VerifyReport(target="m:f")
+    assert not report.ok  # nothing was killed: nothing verified
+    report.kills = 1
+    assert report.ok
+    assert "EXACTLY-ONCE HOLDS" in report.format()
+
+
+def test_inject_duplicates_keeps_every_line_and_adds_copies(tmp_path: Path) -> None:
+    lines = [f"line-{i}" for i in range(2000)]
+    (tmp_path / "f.txt").write_text("\n".join(lines) + "\n")
+    added = inject_duplicates(tmp_path, 0.1, random.Random(1))
+    out = (tmp_path / "f.txt").read_text().splitlines()
+    assert 100 < added < 300
+    assert len(out) == len(lines) + added
+    assert sorted(set(out)) == sorted(lines)
+
+
+def test_load_target_explains_a_bad_spec(tmp_path: Path) -> None:
+    with pytest.raises(TargetError, match="module:function"):
+        load_target("no_colon", tmp_path)
+    with pytest.raises(TargetError, match="cannot import"):
+        load_target("no_such_module_xyz:f", tmp_path)
+    with pytest.raises(TargetError, match="has no function"):
+        load_target("tests.verify.pipelines:missing", tmp_path)
