@@ -155,11 +155,9 @@ def add_commands(subparsers: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a checkpoint command alone (``python -m eoscore.checkpoint.cli ...``)."""
-    parser = argparse.ArgumentParser(prog="eoscore")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    result: int = args.run(args)
-    return result
+    from eoscore.cli import main as eoscore_main
+
+    return eoscore_main(argv)
 
 
 if __name__ == "__main__":

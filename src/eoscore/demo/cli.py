@@ -160,10 +160,9 @@ def add_commands(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="eoscore")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
-    result: int = args.run(args)
-    return result
+    """This command alone, through the one ``eoscore`` parser."""
+    from eoscore.cli import main as eoscore_main
+
+    return eoscore_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 

@@ -88,11 +88,9 @@ def _abort(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``eoscore txn`` on its own: ``python -m eoscore.kafka.cli txn lingering ...``."""
-    parser = argparse.ArgumentParser(prog="eoscore")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    result: int = args.run(args)
-    return result
+    from eoscore.cli import main as eoscore_main
+
+    return eoscore_main(argv)
 
 
 if __name__ == "__main__":
