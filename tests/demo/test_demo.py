@@ -116,3 +116,19 @@ def test_demo_on_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
     assert data["verified"] is True and data["kills"] >= 1
     assert data["demo"]["source"].startswith("kafka")
     assert data["duplicates_found"] == data["missing"] == data["wrong"] == 0
+
+
+def test_demo_producer_keeps_partition_order() -> None:
+    """The Kafka demo's input must land in file order: a produce retry that lands
+    after later orders makes the early ones older than the watermark (dropped as
+    late: short and missing early windows). The idempotent producer keeps the order."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    from eoscore.demo.orders import producer_config
+
+    config = producer_config("127.0.0.1:1")
+    assert config["enable.idempotence"] is True
+    assert config["acks"] in ("all", -1)
+    # No other setting may undo the ordering guarantee of idempotence.
+    assert int(config.get("max.in.flight.requests.per.connection", 5)) <= 5
+    assert "retries" not in config or int(config["retries"]) > 0
+    confluent_kafka.Producer(config).flush(0)  # librdkafka accepts the combination

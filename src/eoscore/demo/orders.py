@@ -39,6 +39,7 @@ __all__ = [
     "build_pipeline",
     "expected_totals",
     "generate_orders",
+    "producer_config",
     "verify_target",
 ]
 
@@ -152,6 +153,24 @@ def expected_totals(orders: Iterable[Mapping[str, Any]]) -> dict[Hashable, Any]:
     return out
 
 
+def producer_config(bootstrap: str) -> dict[str, Any]:
+    """How the demo writes its input: each partition in the order of its file.
+
+    Event-time windows need the partition order: an order that lands after
+    later ones is older than the watermark and dropped as late. Without
+    idempotence a retried produce request (common right after the topic is
+    created, before its leader is known everywhere) can land after the
+    requests that followed it; the idempotent producer keeps the order
+    (and writes every message once) whatever it retries.
+    """
+    return {
+        "bootstrap.servers": bootstrap,
+        "linger.ms": 20,
+        "enable.idempotence": True,  # implies acks=all and ordered retries
+        "acks": "all",
+    }
+
+
 def _kafka_record_value(record: Any) -> Any:
     return json.loads(record.value)
 
@@ -245,10 +264,15 @@ class _Demo:
         futures = admin.create_topics([NewTopic(self.topic, PARTITIONS, 1)])
         for future in futures.values():
             future.result(30)
-        producer = Producer({"bootstrap.servers": self.settings.kafka, "linger.ms": 20})
+        producer = Producer(producer_config(self.settings.kafka))
         for p, lines in enumerate(parts):
             for line in lines:
-                producer.produce(self.topic, line.encode(), partition=p)
+                while True:
+                    try:
+                        producer.produce(self.topic, line.encode(), partition=p)
+                        break
+                    except BufferError:  # the local queue is full: let it drain
+                        producer.poll(0.1)
                 producer.poll(0)
         if producer.flush(60):
             raise RuntimeError(f"demo: could not produce the orders to {self.topic}")
