@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -31,7 +30,6 @@ def test_every_point_is_measured(points: list[ProfilePoint]) -> None:
     assert "records/s" in format_table(points)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="plot extra")
 def test_plot_is_a_png(points: list[ProfilePoint], tmp_path: Path) -> None:
     path = plot(points, tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
