@@ -121,6 +121,15 @@ cdef class KeyIndex:
             self._resize(self._buckets_for(2 * (self.count + extra)))
         return 0
 
+    cdef inline Py_ssize_t _home_block(self, const int64_t[::1] keys, Py_ssize_t i,
+                                       Py_ssize_t n, uint64_t *homes) noexcept nogil:
+        """Home buckets of keys[i:i+BLOCK] into homes, prefetched; how many there were."""
+        cdef Py_ssize_t j, m = min(<Py_ssize_t>BLOCK, n - i)
+        for j in range(m):
+            homes[j] = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i + j], 0), self.nbuckets)
+            eos_ki_prefetch(&self.table[homes[j]])
+        return m
+
     cdef inline int64_t _find(self, int64_t key, uint64_t b) noexcept nogil:
         cdef Entry *t = self.table
         while t[b].tag != 0:
@@ -241,11 +250,7 @@ cdef class KeyIndex:
         with nogil:
             i = 0
             while i < n:
-                m = min(<Py_ssize_t>BLOCK, n - i)
-                for j in range(m):
-                    homes[j] = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i + j], 0),
-                                            self.nbuckets)
-                    eos_ki_prefetch(&self.table[homes[j]])
+                m = self._home_block(keys, i, n, homes)
                 for j in range(m):
                     o[i + j] = self._find(keys[i + j], homes[j])
                 i += m
@@ -261,11 +266,7 @@ cdef class KeyIndex:
         with nogil:
             i = 0
             while i < n:
-                m = min(<Py_ssize_t>BLOCK, n - i)
-                for j in range(m):
-                    homes[j] = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i + j], 0),
-                                            self.nbuckets)
-                    eos_ki_prefetch(&self.table[homes[j]])
+                m = self._home_block(keys, i, n, homes)
                 for j in range(m):
                     o[i + j] = self._insert(keys[i + j], homes[j])
                 i += m
