@@ -1,6 +1,10 @@
 """A scale-out worker: one task per assigned partition (``eoscore.runtime.group``).
 
-Usage: python -m tests.runtime.group_job BOOTSTRAP IN_TOPIC OUT_TOPIC STATE_ROOT
+Usage: python -m tests.runtime.group_job BOOTSTRAP IN_TOPIC OUT_TOPIC STATE_ROOT [REP_TOPIC]
+
+With REP_TOPIC the input is not partitioned by key: the pipeline runs as two
+stages joined by that topic (``tests.pipeline.repartition_job``), a task per
+partition of either topic.
 SIGTERM stops it cleanly (each task ends with a final checkpoint).
 """
 
@@ -11,6 +15,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from eoscore.pipeline import Pipeline, Tumbling
@@ -18,6 +23,7 @@ from eoscore.pipeline.kafka import KafkaSource
 from eoscore.runtime import CheckpointConfig
 from eoscore.runtime.group import GroupWorker
 from eoscore.sinks.kafka import KafkaSink
+from tests.pipeline import repartition_job
 
 WINDOW = Tumbling(100)
 
@@ -28,6 +34,7 @@ def add(acc: list[int], event: dict[str, Any]) -> list[int]:
 
 def main() -> None:
     bootstrap, in_topic, out_topic, state_root = sys.argv[1:5]
+    rep_topic = sys.argv[5] if len(sys.argv) > 5 else None
 
     def build(partition: int) -> Pipeline:
         source = KafkaSource(bootstrap, in_topic, f"offsets-{in_topic}", partitions=[partition])
@@ -55,10 +62,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stages: dict[str, Callable[[int], Pipeline]] = {in_topic: build}
+    if rep_topic is not None:
+        rep = repartition_job.repartition(bootstrap, in_topic, rep_topic)
+        stages = {
+            in_topic: lambda p: repartition_job.stage1(rep, [p], False, str(p)),
+            rep_topic: lambda q: repartition_job.stage2(rep, out_topic, [q], False, str(q)),
+        }
     worker = GroupWorker(
-        build,
+        stages,
         bootstrap,
-        in_topic,
         f"members-{in_topic}",
         state_root,
         CheckpointConfig(interval=0.3),

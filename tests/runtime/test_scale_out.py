@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from tests.pipeline.repartition_job import REP_PARTITIONS
 from tests.pipeline.test_exactly_once import expected
 from tests.runtime.group_job import WINDOW
 
@@ -35,12 +36,16 @@ def make_events() -> list[dict[str, int]]:
     ]
 
 
-def produce(bootstrap: str, topic: str, events: list[dict[str, int]], flush: bool) -> None:
+def produce(
+    bootstrap: str, topic: str, events: list[dict[str, int]], flush: bool, keyed: bool
+) -> None:
     rng = random.Random(len(events))
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     for e in events:
         data = json.dumps(e).encode()
-        p = e["k"] % PARTITIONS  # keyed input: a key's state lives with one partition
+        # Keyed input: a key's state lives with one partition. Otherwise a key's
+        # records are everywhere and the job repartitions by key.
+        p = e["k"] % PARTITIONS if keyed else rng.randrange(PARTITIONS)
         producer.produce(topic, data, partition=p)
         if rng.random() < 0.05:
             producer.produce(topic, data, partition=p)  # a duplicate
@@ -76,10 +81,18 @@ class Output:
             self.rows.append(json.loads(msg.value()))
 
 
+def owned(log: Path) -> list[str] | None:
+    """The tasks a worker owns after its last assignment change (from its log)."""
+    lines = [line for line in log.read_text().splitlines() if ": owns [" in line]
+    if not lines:
+        return None
+    inside = lines[-1].split(": owns [", 1)[1].rstrip("]")
+    return inside.split(", ") if inside else []
+
+
 def owns(log: Path) -> bool:
     """True when the worker's last assignment (in its log) is not empty."""
-    owned = [line for line in log.read_text().splitlines() if "assigned" in line]
-    return bool(owned) and not owned[-1].endswith("assigned []")
+    return bool(owned(log))
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -93,14 +106,20 @@ def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("keyed", [True, False], ids=["keyed-input", "repartitioned"])
 def test_survivor_takes_over_a_killed_workers_partitions(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, keyed: bool
 ) -> None:
     in_topic, out_topic = kafka_topic(PARTITIONS), kafka_topic(1)
     events = make_events()
     half = len(events) // 2
-    produce(kafka_bootstrap, in_topic, events[:half], flush=False)
+    produce(kafka_bootstrap, in_topic, events[:half], flush=False, keyed=keyed)
     args = [kafka_bootstrap, in_topic, out_topic, str(tmp_path / "state")]
+    tasks = [f"{in_topic}/{p}" for p in range(PARTITIONS)]
+    if not keyed:
+        rep_topic = kafka_topic(REP_PARTITIONS, prefix="rep")
+        args.append(rep_topic)
+        tasks = sorted([*tasks, *(f"{rep_topic}/{q}" for q in range(REP_PARTITIONS))])
     a = start(args, tmp_path / "a.log")
     b = start(args, tmp_path / "b.log")
     out = Output(kafka_bootstrap, out_topic)
@@ -121,7 +140,7 @@ def test_survivor_takes_over_a_killed_workers_partitions(
         a.send_signal(signal.SIGKILL)
         a.wait()
         # The rest of the input arrives after the kill: B must process A's partitions.
-        produce(kafka_bootstrap, in_topic, events[half:], flush=True)
+        produce(kafka_bootstrap, in_topic, events[half:], flush=True, keyed=keyed)
         deadline = time.monotonic() + 120
         while len({(r[0], r[1]) for r in out.rows}) < len(want) and time.monotonic() < deadline:
             out.poll(0.5)
@@ -129,8 +148,8 @@ def test_survivor_takes_over_a_killed_workers_partitions(
         out.poll(2.0)  # anything committed twice would show up now
         log_b = (tmp_path / "b.log").read_text()
         assert b.poll() is None, log_b[-3000:]
-        took = [line for line in log_b.splitlines() if "assigned" in line]
-        assert took[-1].endswith("assigned [0, 1, 2, 3]"), took  # B owns A's partitions now
+        took = owned(tmp_path / "b.log")
+        assert took == tasks, took  # A's too, now
     finally:
         for proc in (a, b):
             if proc.poll() is None:

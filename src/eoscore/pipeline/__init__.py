@@ -4,7 +4,8 @@
   ``flat_map``, ``assign_timestamps``, ``dedup``, ``union``, ``key_by``,
   ``aggregate``/``reduce``, ``window``, ``connect``, ``sink``).
 - ``Tumbling``, ``Sliding``, ``WindowResult``: event-time windows.
-- ``FileSource``: newline-delimited files; ``KafkaSource`` in ``eoscore.pipeline.kafka``.
+- ``FileSource``: newline-delimited files; ``KafkaSource`` in ``eoscore.pipeline.kafka``;
+  ``Repartition`` (re-keying through a Kafka topic) in ``eoscore.pipeline.repartition``.
 - ``CollectingSink``: an in-memory two-phase sink for tests and examples
   (durable sinks: ``eoscore.sinks``).
 

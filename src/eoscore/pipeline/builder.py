@@ -69,7 +69,7 @@ class Pipeline:
         """A stream of the source's records (``str`` lines for a ``FileSource``)."""
         if any(s.name == source.name for s, _ in self.sources):
             raise PipelineDefinitionError(f"two sources named {source.name!r}; name them apart")
-        node = PassNode(f"source-{source.name}")
+        node = source.node(f"source-{source.name}")
         self._add(node)
         self.sources.append((source, node))
         return Stream(self, node)

@@ -145,6 +145,10 @@ class KafkaSource(Source):
         finally:
             consumer.close()
 
+    def offset_of(self, position: Any) -> int:
+        """The Kafka offset (next to read) a channel's checkpointed position stands for."""
+        return int(position)
+
     def open(self, positions: Mapping[str, Any]) -> list[ChannelReader]:
         return [
             _PartitionChannel(

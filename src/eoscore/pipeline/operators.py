@@ -290,10 +290,21 @@ class SinkNode(Node):
     def __init__(self, name: str, sink: Any) -> None:
         super().__init__(name)
         self.sink = sink
+        # A sink that needs event times or watermarks (a repartition topic) says so
+        # by having ``write_timed(values, times)`` / ``on_watermark(mark)``.
+        self._timed = getattr(sink, "write_timed", None)
+        self._watch = getattr(sink, "on_watermark", None)
 
     def push(self, values: list[Any], times: Times, port: int = 0) -> None:
         if values:
-            self.sink.write(values)
+            if self._timed is not None:
+                self._timed(values, times)
+            else:
+                self.sink.write(values)
+
+    def on_watermark(self, mark: float) -> None:
+        if self._watch is not None:
+            self._watch(mark)
 
 
 def max_timestamp(end: float) -> float:

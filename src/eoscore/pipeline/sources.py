@@ -15,6 +15,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Final
 
+from eoscore.pipeline.operators import Node, PassNode
+
 __all__ = ["END", "ChannelReader", "EndOfInput", "FileSource", "Source"]
 
 
@@ -62,6 +64,10 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def open(self, positions: Mapping[str, Any]) -> list[ChannelReader]:
         """Channel readers positioned at ``positions`` (channel name -> position)."""
+
+    def node(self, name: str) -> Node:
+        """The node the source's batches enter the graph through."""
+        return PassNode(name)
 
     def encode(self, records: Sequence[Any]) -> Any:
         """Records in flight, as JSON (kept in unaligned checkpoints as channel state)."""

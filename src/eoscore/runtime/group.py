@@ -5,15 +5,17 @@ Each worker process runs ``GroupWorker``. A consumer in the group is used only
 for membership: the group assigns partitions to workers. For every assigned
 partition the worker runs ``build(partition)`` (a pipeline that reads just
 that partition) as a task on its own thread, with its checkpoints in
-``state_root/<partition>`` (storage every worker can reach). On revoke the
+``state_root/<topic>/<partition>`` (storage every worker can reach). On revoke the
 task stops with a final checkpoint before the partition is released; on
 assign a task recovers from the partition's decided checkpoint, so keyed
 state moves with its partition. A task's ``KafkaSink`` uses a transactional
 id derived from the partition: a new owner fences the old one (a zombie
 cannot commit) and aborts its open transaction.
 
-Not here yet: repartitioning when ``key_by`` changes the key (a keyed stream
-must be partitioned by its key on input).
+A pipeline whose ``key_by`` changes the key runs as two *stages* joined by
+an internal topic (``eoscore.pipeline.repartition``): ``stages`` maps each
+topic a stage reads to its ``build``, the group subscribes to all of them,
+and a task is one partition of one of those topics.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,14 +42,14 @@ __all__ = ["GroupWorker"]
 
 
 class _Task:
-    def __init__(self, partition: int, pipeline: Pipeline, state: Path, config: CheckpointConfig):
-        self.partition = partition
+    def __init__(self, name: str, pipeline: Pipeline, state: Path, config: CheckpointConfig):
+        self.name = name
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self._pipeline = pipeline
         self._state = state
         self._config = config
-        self.thread = threading.Thread(target=self._run, name=f"eoscore-task-{partition}")
+        self.thread = threading.Thread(target=self._run, name=f"eoscore-task-{name}")
 
     def _run(self) -> None:
         for attempt in range(100):
@@ -60,33 +62,39 @@ class _Task:
                 if "LOCK is held" not in str(exc) or self.stop.is_set():
                     self.error = exc
                     return
-                log.info("task %d: storage busy (attempt %d); retrying", self.partition, attempt)
+                log.info("task %s: storage busy (attempt %d); retrying", self.name, attempt)
                 time.sleep(0.2)
             except BaseException as exc:
                 self.error = exc
-                log.exception("task %d failed", self.partition)
+                log.exception("task %s failed", self.name)
                 return
 
 
 class GroupWorker:
-    """Runs the tasks of the partitions the group assigns to this worker."""
+    """Runs the tasks of the partitions the group assigns to this worker.
+
+    ``stages`` maps a topic to the ``build(partition)`` of the pipeline that
+    reads one of its partitions (one entry, or one per stage of a
+    repartitioned pipeline). A task's checkpoints live in
+    ``state_root/<topic>/<partition>``.
+    """
 
     def __init__(
         self,
-        build: Callable[[int], Pipeline],
+        stages: Mapping[str, Callable[[int], Pipeline]],
         bootstrap: str,
-        topic: str,
         group_id: str,
         state_root: str | os.PathLike[str],
         checkpoints: CheckpointConfig | None = None,
         *,
         session_timeout_ms: int = 6000,
     ) -> None:
-        self.build = build
-        self.topic = topic
+        if not stages:
+            raise EosError("GroupWorker needs at least one stage")
+        self.stages = dict(stages)
         self.state_root = Path(state_root)
         self.config = checkpoints or CheckpointConfig()
-        self.tasks: dict[int, _Task] = {}
+        self.tasks: dict[tuple[str, int], _Task] = {}
         self.consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -98,33 +106,38 @@ class GroupWorker:
             }
         )
 
+    def _log_owned(self) -> None:
+        log.info("owns [%s]", ", ".join(f"{t}/{p}" for t, p in sorted(self.tasks)))
+
     def _assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            key = (tp.topic, tp.partition)
             task = _Task(
-                tp.partition,
-                self.build(tp.partition),
-                self.state_root / str(tp.partition),
+                f"{tp.topic}/{tp.partition}",
+                self.stages[tp.topic](tp.partition),
+                self.state_root / tp.topic / str(tp.partition),
                 self.config,
             )
-            self.tasks[tp.partition] = task
+            self.tasks[key] = task
             task.thread.start()
-        log.info("assigned %s", sorted(tp.partition for tp in partitions))
+        self._log_owned()
 
     def _revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         # Checkpoint before the partition leaves: each task stops with a final checkpoint.
-        for tp in partitions:
-            task = self.tasks.get(tp.partition)
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        for key in keys:
+            task = self.tasks.get(key)
             if task is not None:
                 task.stop.set()
-        for tp in partitions:
-            task = self.tasks.pop(tp.partition, None)
+        for key in keys:
+            task = self.tasks.pop(key, None)
             if task is not None:
                 task.thread.join()
-        log.info("revoked %s", sorted(tp.partition for tp in partitions))
+        self._log_owned()
 
     def run(self, stop: threading.Event) -> None:
         """Take part in the group until ``stop``; a failed task stops the worker."""
-        self.consumer.subscribe([self.topic], on_assign=self._assign, on_revoke=self._revoke)
+        self.consumer.subscribe(list(self.stages), on_assign=self._assign, on_revoke=self._revoke)
         try:
             while not stop.is_set():
                 self.consumer.poll(0.1)  # membership and heartbeats; tasks read the records
@@ -133,9 +146,7 @@ class GroupWorker:
                     self.consumer.pause(assigned)
                 for task in list(self.tasks.values()):
                     if task.error is not None:
-                        raise EosError(
-                            f"task for partition {task.partition} failed: {task.error}"
-                        ) from task.error
+                        raise EosError(f"task {task.name} failed: {task.error}") from task.error
         finally:
-            self._revoke(self.consumer, [TopicPartition(self.topic, p) for p in list(self.tasks)])
+            self._revoke(self.consumer, [TopicPartition(t, p) for t, p in list(self.tasks)])
             self.consumer.close()

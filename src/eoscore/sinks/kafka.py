@@ -159,11 +159,15 @@ class KafkaSink(DecidingSink):
     def pre_commit(self, checkpoint_id: int) -> PreparedHandle:
         if self._holding:  # an earlier checkpoint failed undecided: share its transaction
             self._release_held()
+        self._before_flush(checkpoint_id)
         remaining = self._p().flush(self.timeout)
         if remaining:
             raise TimeoutError(f"sink {self.name!r}: {remaining} records not delivered in time")
         self._txn_ids.append(checkpoint_id)
         return {"transactional_id": self.transactional_id, "checkpoint": checkpoint_id}
+
+    def _before_flush(self, checkpoint_id: int) -> None:
+        """Hook: the last records of checkpoint ``checkpoint_id``'s transaction."""
 
     # ---- the decision --------------------------------------------------------------------
 
@@ -173,9 +177,9 @@ class KafkaSink(DecidingSink):
         producer = self._p()
         metadata = f"eoscore:{self.pipeline}:{checkpoint_id}"
         offsets = [
-            TopicPartition(self.source.topic, int(p), int(o), metadata=metadata)
+            TopicPartition(self.source.topic, int(p), offset, metadata=metadata)
             for p, o in positions.get(self.source.name, {}).items()
-            if int(o) >= 0
+            if (offset := self.source.offset_of(o)) >= 0
         ]
         if offsets:
             group = Consumer(
