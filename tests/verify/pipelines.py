@@ -1,4 +1,5 @@
-"""Targets for the ``eoscore verify`` tests: one exactly-once pipeline, one broken.
+"""Targets for the ``eoscore verify`` tests: one exactly-once pipeline, one broken,
+and variants whose input has records far behind the watermark (late).
 
 Both: FileSource -> parse -> event times -> dedup -> per-key tumbling-window
 sums -> a SQLite table (no primary key, so a window written twice is two rows).
@@ -9,6 +10,10 @@ checkpoint id commit in one transaction. ``broken`` writes through
 and the source positions are committed separately (the runtime's decision
 file): the article's dual write. A kill between the two replays rows that are
 already visible.
+
+``late`` puts ``LATE`` records far behind the watermark into ``correct``'s
+input: its windows send them to a ``FileSink`` that ``read_late`` reads back.
+``late_unread`` has the same input with nothing on the late side output.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 from eoscore.pipeline import FileSource, Pipeline, Tumbling, WindowResult
 from eoscore.runtime import CheckpointConfig
+from eoscore.sinks.files import FileSink
 from eoscore.sinks.sql import StandaloneSqlSink
 from eoscore.sinks.two_phase import PreparedHandle, RecoveryPlan, TwoPhaseSink
 from eoscore.verify import DEFAULT_FAILPOINTS, SINK_FAILPOINTS, VerifyTarget
@@ -30,6 +36,8 @@ EVENTS = 300_000
 KEYS = 40
 WINDOW = Tumbling(50)
 TABLE = "totals"
+LATE = 37  # records of the late targets' input whose time is far behind the watermark
+LATE_TIME = -1000  # their time: any watermark of a channel that has read a line is past it
 
 
 class WriteThroughSink(TwoPhaseSink):
@@ -91,18 +99,25 @@ def reference(events: Iterable[Mapping[str, Any]]) -> dict[Hashable, Any]:
 
 
 class _Job:
-    def __init__(self, workdir: Path, broken: bool) -> None:
+    def __init__(self, workdir: Path, broken: bool, late: int = 0, keep_late: bool = False) -> None:
         self.workdir = workdir
         self.broken = broken
+        self.late = late
+        self.keep_late = keep_late
         self.input_dir = workdir / "in"
+        self.late_dir = workdir / "late"
         self.database = str(workdir / "out.db")
 
     def prepare(self) -> None:
         rng = random.Random(5)
         self.input_dir.mkdir(parents=True, exist_ok=True)
         files: list[list[str]] = [[], []]
+        # Late ones in the second half, long after every channel set its watermark.
+        late_at = {EVENTS // 2 + 3001 * j for j in range(self.late)}
         for i in range(EVENTS):
             e = {"id": i, "k": rng.randrange(KEYS), "t": i // 20 - rng.randint(0, 10), "v": i % 89}
+            if i in late_at:
+                e["t"] = LATE_TIME
             files[i % 2].append(json.dumps(e))
         for n, lines in enumerate(files):
             (self.input_dir / f"events-{n}.jsonl").write_text("\n".join(lines) + "\n")
@@ -116,6 +131,12 @@ class _Job:
             for line in path.read_text().splitlines():
                 if line:
                     yield json.loads(line)
+
+    def read_late(self) -> list[dict[str, Any]]:
+        late: list[dict[str, Any]] = []
+        for path in sorted(self.late_dir.glob("late-*.ndjson")):
+            late.extend(json.loads(line) for line in path.read_text().splitlines() if line)
+        return late
 
     def read_output(self) -> list[tuple[Hashable, Any]]:
         conn = sqlite3.connect(self.database)
@@ -132,7 +153,7 @@ class _Job:
         else:
             sink = StandaloneSqlSink(self.database, TABLE, ["k", "start", "n", "total"])
         p = Pipeline("verify-test")
-        (
+        windows = (
             p.source(FileSource(self.input_dir))
             .map(json.loads)
             .assign_timestamps(lambda e: e["t"], out_of_orderness=20)
@@ -140,9 +161,10 @@ class _Job:
             .key_by(lambda e: e["k"])
             .window(WINDOW)
             .aggregate(lambda: [0, 0], add)
-            .map(row)
-            .sink(sink)
         )
+        windows.map(row).sink(sink)
+        if self.keep_late:
+            windows.late().sink(FileSink(self.late_dir, prefix="late", name="late"))
         return p
 
     def target(self) -> VerifyTarget:
@@ -155,7 +177,12 @@ class _Job:
             reference=reference,
             input_dir=self.input_dir,
             checkpoints=CheckpointConfig(interval=0.2),
-            failpoints=(*DEFAULT_FAILPOINTS, *SINK_FAILPOINTS["standalone_sql"]),
+            failpoints=(
+                *DEFAULT_FAILPOINTS,
+                *SINK_FAILPOINTS["standalone_sql"],
+                *(SINK_FAILPOINTS["files"] if self.keep_late else ()),
+            ),
+            read_late=self.read_late if self.keep_late else None,
         )
 
 
@@ -172,6 +199,16 @@ def no_reference(workdir: Path) -> VerifyTarget:
     target = _Job(workdir, broken=False).target()
     target.reference = None
     return target
+
+
+def late(workdir: Path) -> VerifyTarget:
+    """``correct`` with ``LATE`` records far behind the watermark, kept by a FileSink."""
+    return _Job(workdir, broken=False, late=LATE, keep_late=True).target()
+
+
+def late_unread(workdir: Path) -> VerifyTarget:
+    """The same input; the late side output is not connected (the records vanish)."""
+    return _Job(workdir, broken=False, late=LATE).target()
 
 
 def not_a_target(workdir: Path) -> str:

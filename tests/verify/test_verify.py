@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from eoscore.verify import TargetError, compare, inject_duplicates, load_target
+from eoscore.verify import TargetError, compare, exclude_late, inject_duplicates, load_target
 from eoscore.verify.report import VerifyReport
+from tests.verify.pipelines import LATE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,9 +67,82 @@ def test_correct_pipeline_passes_with_injected_duplicates(tmp_path: Path) -> Non
         0,
     )
     assert report["records_out"] == report["keys_expected"] > 0
+    assert report["late_records"] == 0 and report["allow_late"] is False
     # (a run killed before its sources reopened, e.g. mid-restore, has no recovery time)
     assert 1 <= report["recovery_seconds"]["count"] <= report["restarts"]
     assert report["checkpoint_bytes"]["max"] > 0
+
+
+# --- late records: never a silent loss ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_late_records_are_a_violation_with_their_exact_count(tmp_path: Path) -> None:
+    # LATE records far behind the watermark: the windows leave them out, the target's
+    # late side output commits them through a FileSink and read_late reads them back.
+    rc, report, _ = verify(
+        "tests.verify.pipelines:late", "-k", "4", "--seed", "3", "--workdir", str(tmp_path)
+    )
+    assert rc == 1, report
+    assert report["ok"] is False
+    assert report["kills"] >= 1
+    assert report["late_records"] == LATE and report["late_exact"] is True
+    assert len(report["late_examples"]) == 5 and report["late_examples"][0]["t"] == -1000
+    # Nothing else is wrong: the only differences from the reference are theirs.
+    assert report["duplicates_found"] == report["extra"] == 0
+    assert report["missing"] + report["wrong"] > 0
+
+
+@pytest.mark.slow
+def test_allow_late_reports_them_and_leaves_exactly_them_out(tmp_path: Path) -> None:
+    rc, report, _ = verify(
+        "tests.verify.pipelines:late", "-k", "4", "--seed", "3", "--allow-late",
+        "--workdir", str(tmp_path),
+    )  # fmt: skip
+    assert rc == 0, report
+    assert report["ok"] is True and report["allow_late"] is True
+    assert report["late_records"] == report["late_excluded"] == LATE
+    assert (report["duplicates_found"], report["missing"], report["extra"], report["wrong"]) == (
+        0, 0, 0, 0,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_late_records_dropped_without_a_side_output_are_caught(tmp_path: Path) -> None:
+    # Nothing on the late side output: the records vanish from the pipeline, but the
+    # verifier's pipeline processes count them as they go by.
+    rc, report, _ = verify(
+        "tests.verify.pipelines:late_unread", "-k", "3", "--seed", "3",
+        "--workdir", str(tmp_path),
+    )  # fmt: skip
+    assert rc == 1, report
+    assert report["late_exact"] is False
+    assert report["late_records"] >= LATE  # a replay after a kill may count some again
+
+
+def test_report_fails_on_late_records_unless_allowed() -> None:
+    report = VerifyReport(target="m:f", kills=1)
+    report.note_late([{"id": 1}, {"id": 2}, {"id": 3}])
+    assert report.late_records == 3 and report.late_exact
+    assert not report.ok
+    text = report.format()
+    assert "late         3 records behind the watermark" in text
+    assert "FAILED: 3 late records" in text and "VIOLATED" in text
+    assert report.to_dict()["late_records"] == 3
+    report.allow_late = True
+    assert report.ok
+    assert "EXACTLY-ONCE HOLDS" in report.format()
+    clean = VerifyReport(target="m:f", kills=1)
+    assert clean.ok and "late         0 records" in clean.format()
+    assert clean.to_dict()["late_records"] == 0
+
+
+def test_exclude_late_removes_every_copy_of_a_late_record() -> None:
+    records = [{"id": 1, "t": 5}, {"id": 2, "t": -9}, {"t": -9, "id": 2}, {"id": 3, "t": 6}]
+    kept, excluded = exclude_late(records, [{"id": 2, "t": -9}])
+    assert kept == [{"id": 1, "t": 5}, {"id": 3, "t": 6}]
+    assert excluded == 2
+    assert exclude_late(records, []) == (records, 0)
 
 
 def test_a_bad_target_is_an_error_not_a_verdict(tmp_path: Path) -> None:

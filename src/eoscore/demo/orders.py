@@ -4,16 +4,21 @@ Orders arrive as JSON lines, in four files (or four Kafka partitions) split by
 customer. Like real order feeds they contain *duplicate deliveries* (a client
 or producer retry re-sends an order a few lines later, byte for byte) and
 *out-of-order event times* (an order's ``ts`` is up to ``JITTER`` seconds older
-than the orders around it).
+than the orders around it; ``DemoSettings.disorder`` changes that).
 
-Pipeline: parse -> event times (bounded out-of-orderness) -> dedup by order id
--> per-customer totals in 1-minute tumbling windows -> SQL table through
-``StandaloneSqlSink`` (rows, source positions and checkpoint id commit in one
-database transaction).
+Pipeline: parse -> event times (bounded out-of-orderness, ``JITTER``) -> dedup
+by order id -> per-customer totals in 1-minute tumbling windows -> SQL table
+through ``StandaloneSqlSink`` (rows, source positions and checkpoint id commit
+in one database transaction). The windows' late side output (orders behind
+the watermark, left out of the totals) goes to ``late/late-*.ndjson`` through
+a ``FileSink``, committed with the same checkpoints: the late count survives
+crashes and restarts, and with the input's disorder within the bound it must
+be 0.
 
 Settings come from the environment so the verifier's pipeline processes see
 the same ones: ``EOSCORE_DEMO_ORDERS``, ``EOSCORE_DEMO_SEED``,
-``EOSCORE_DEMO_KAFKA`` (bootstrap servers), ``EOSCORE_DEMO_POSTGRES`` (DSN).
+``EOSCORE_DEMO_DISORDER`` (seconds), ``EOSCORE_DEMO_KAFKA`` (bootstrap
+servers), ``EOSCORE_DEMO_POSTGRES`` (DSN).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Hashable, Iterable, Iterator, Mapping
@@ -31,7 +37,9 @@ from typing import Any
 from eoscore.pipeline import FileSource, Pipeline, Tumbling, WindowResult
 from eoscore.pipeline.sources import END, ChannelReader, EndOfInput, Source
 from eoscore.runtime import CheckpointConfig
+from eoscore.sinks.files import FileSink
 from eoscore.sinks.sql import StandaloneSqlSink
+from eoscore.sinks.two_phase import TwoPhaseSink
 from eoscore.verify.target import DEFAULT_FAILPOINTS, SINK_FAILPOINTS, VerifyTarget
 
 __all__ = [
@@ -44,14 +52,18 @@ __all__ = [
 ]
 
 WINDOW = Tumbling(60)
-JITTER = 30.0  # event times out of order by up to this many seconds
+JITTER = 30.0  # event times out of order by up to this many seconds: the pipeline's bound
 PARTITIONS = 4
 CUSTOMERS = 500
 TABLE = "customer_totals"
 COLUMNS = ("customer", "window_start", "orders", "total_cents")
 PIPELINE = "orders-demo"
-#: The crash points this pipeline reaches: one deciding sink, so no decision
-#: file and no second sink to commit.
+LATE_DIR = "late"  # under the workdir: the late orders, NDJSON
+LATE_PREFIX = "late"
+#: The crash points armed: one deciding sink, so no decision file. The late-orders
+#: file sink adds ``runtime.between_sink_commits`` and ``files.*`` (committed after
+#: the decision); they are left to the timer kills here, so that ``--seed``'s kill
+#: sequence stays as it was (tests/verify's ``late`` target arms them).
 DEMO_FAILPOINTS = (
     *(f for f in DEFAULT_FAILPOINTS
       if f not in ("store.before_decision_rename", "runtime.between_sink_commits")),
@@ -64,6 +76,9 @@ class DemoSettings:
     orders: int = 400_000
     seed: int = 42
     duplicate_rate: float = 0.03
+    #: How far the input's event times go back (seconds); beyond ``JITTER`` some
+    #: orders come behind the watermark: late.
+    disorder: float = JITTER
     kafka: str | None = None
     postgres: str | None = None
 
@@ -73,12 +88,17 @@ class DemoSettings:
         return cls(
             orders=int(env.get("EOSCORE_DEMO_ORDERS", cls.orders)),
             seed=int(env.get("EOSCORE_DEMO_SEED", cls.seed)),
+            disorder=float(env.get("EOSCORE_DEMO_DISORDER") or cls.disorder),
             kafka=env.get("EOSCORE_DEMO_KAFKA") or None,
             postgres=env.get("EOSCORE_DEMO_POSTGRES") or None,
         )
 
     def to_env(self) -> dict[str, str]:
-        env = {"EOSCORE_DEMO_ORDERS": str(self.orders), "EOSCORE_DEMO_SEED": str(self.seed)}
+        env = {
+            "EOSCORE_DEMO_ORDERS": str(self.orders),
+            "EOSCORE_DEMO_SEED": str(self.seed),
+            "EOSCORE_DEMO_DISORDER": repr(self.disorder),
+        }
         env["EOSCORE_DEMO_KAFKA"] = self.kafka or ""
         env["EOSCORE_DEMO_POSTGRES"] = self.postgres or ""
         return env
@@ -97,7 +117,7 @@ def generate_orders(settings: DemoSettings) -> tuple[list[list[str]], int]:
             "order_id": f"o{i:08d}",
             "customer": customer,
             "amount_cents": rng.randint(199, 25_000),
-            "ts": round(now - rng.uniform(0, JITTER), 3),
+            "ts": round(now - rng.uniform(0, settings.disorder), 3),
         }
         p = int(customer[1:]) % PARTITIONS
         line = json.dumps(order, separators=(",", ":"))
@@ -121,10 +141,15 @@ def to_row(w: WindowResult) -> tuple[str, int, int, int]:
     return (w.key, int(w.start), w.value[0], w.value[1])
 
 
-def build_pipeline(source: Source, sink: StandaloneSqlSink, parse: Any = json.loads) -> Pipeline:
-    """The order pipeline over any source of JSON orders."""
+def build_pipeline(
+    source: Source,
+    sink: StandaloneSqlSink,
+    parse: Any = json.loads,
+    late_sink: TwoPhaseSink | None = None,
+) -> Pipeline:
+    """The order pipeline over any source of JSON orders; late orders to ``late_sink``."""
     p = Pipeline(PIPELINE)
-    (
+    windows = (
         p.source(source)
         .map(parse)
         .assign_timestamps(lambda o: o["ts"], out_of_orderness=JITTER)
@@ -132,9 +157,10 @@ def build_pipeline(source: Source, sink: StandaloneSqlSink, parse: Any = json.lo
         .key_by(lambda o: o["customer"])
         .window(WINDOW)
         .aggregate(lambda: [0, 0], add)
-        .map(to_row)
-        .sink(sink)
     )
+    windows.map(to_row).sink(sink)
+    if late_sink is not None:
+        windows.late().sink(late_sink)
     return p
 
 
@@ -224,6 +250,7 @@ class _Demo:
         self.workdir = workdir
         self.settings = settings
         self.input_dir = workdir / "orders"
+        self.late_dir = workdir / LATE_DIR
         self.database = settings.postgres or str(workdir / "totals.db")
         self._topic_file = workdir / "kafka-topic"
 
@@ -238,6 +265,7 @@ class _Demo:
 
     def prepare(self) -> None:
         parts, duplicates = generate_orders(self.settings)
+        shutil.rmtree(self.late_dir, ignore_errors=True)  # a fresh run counts from 0
         self.input_dir.mkdir(parents=True, exist_ok=True)
         for p, lines in enumerate(parts):
             (self.input_dir / f"orders-{p}.jsonl").write_text("\n".join(lines) + "\n")
@@ -306,6 +334,14 @@ class _Demo:
             finally:
                 lite.close()
 
+    def read_late(self) -> list[dict[str, Any]]:
+        """The late orders the pipeline committed (its windows left them out)."""
+        late: list[dict[str, Any]] = []
+        for path in sorted(self.late_dir.glob(f"{LATE_PREFIX}-*.ndjson")):
+            with open(path, encoding="utf-8") as f:
+                late.extend(json.loads(line) for line in f if line.strip())
+        return late
+
     def read_output(self) -> list[tuple[Hashable, Any]]:
         query = f"SELECT customer, window_start, orders, total_cents FROM {TABLE}"
         if self.settings.postgres:
@@ -325,10 +361,12 @@ class _Demo:
 
     def build(self) -> Pipeline:
         sink = StandaloneSqlSink(self.database, TABLE, list(COLUMNS), batch_size=5000)
+        late = FileSink(self.late_dir, prefix=LATE_PREFIX, name="late-orders")
         if self.settings.kafka:
             source = _bounded_kafka_source(self.settings.kafka, self.topic)
-            return build_pipeline(source, sink, _kafka_record_value)
-        return build_pipeline(FileSource(self.input_dir, pattern="orders-*.jsonl"), sink)
+            return build_pipeline(source, sink, _kafka_record_value, late)
+        files = FileSource(self.input_dir, pattern="orders-*.jsonl")
+        return build_pipeline(files, sink, late_sink=late)
 
 
 def verify_target(workdir: Path) -> VerifyTarget:
@@ -341,6 +379,7 @@ def verify_target(workdir: Path) -> VerifyTarget:
         prepare=demo.prepare,
         read_input=demo.read_input,
         reference=expected_totals,
+        read_late=demo.read_late,
         input_dir=None if demo.settings.kafka else demo.input_dir,
         checkpoints=CheckpointConfig(interval=0.25),
         failpoints=DEMO_FAILPOINTS,

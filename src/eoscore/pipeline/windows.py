@@ -4,13 +4,18 @@ A window ``[start, end)`` fires when the watermark reaches ``end`` (no record
 with an earlier time can still come). With ``allowed_lateness`` L its state
 is kept until the watermark reaches ``end + L``; a record arriving in between
 updates it and fires it again (an updated result). A record whose every
-window is past ``end + L`` is *late*: it goes to the late side output.
+window is past ``end + L`` is *late*: it goes to the late side output. With
+nothing connected there it is dropped, counted in ``late_records`` (summed
+into ``RunResult.late_records``) and logged as a warning at most once per
+``LATE_WARNING_INTERVAL`` seconds, so it never vanishes without a trace.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import math
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
@@ -18,7 +23,12 @@ from typing import Any, NamedTuple, cast
 from eoscore.pipeline.operators import Node, PassNode, Times, max_timestamp
 from eoscore.state import ValueState
 
-__all__ = ["Sliding", "Tumbling", "WindowNode", "WindowResult"]
+__all__ = ["LATE_WARNING_INTERVAL", "Sliding", "Tumbling", "WindowNode", "WindowResult"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two warnings about late records dropped with no side output.
+LATE_WARNING_INTERVAL = 10.0
 
 
 class WindowResult(NamedTuple):
@@ -114,6 +124,8 @@ class WindowNode(Node):
         self._clean_at: list[tuple[float, float]] = []  # heap of (end + lateness, start)
         self._keys: dict[float, set[Hashable]] = {}  # start -> keys with state
         self.late_records = 0
+        self._warned_at = -math.inf  # monotonic time of the last dropped-late warning
+        self._warned_count = 0  # late_records at that warning
 
     def _track(self, start: float, key: Hashable) -> None:
         keys = self._keys.get(start)
@@ -157,9 +169,29 @@ class WindowNode(Node):
                 late_times.append(t)
         if late_values:
             self.late_records += len(late_values)
-            self.late.emit(late_values, late_times)
+            if self.late.downstream:
+                self.late.emit(late_values, late_times)
+            else:
+                self._warn_dropped()
         if refire:
             self._fire(sorted(refire, key=lambda ks: ks[1]))
+
+    def _warn_dropped(self) -> None:
+        """Late records with no side output connected: warn, rate limited."""
+        now = time.monotonic()
+        if now - self._warned_at < LATE_WARNING_INTERVAL:
+            return
+        log.warning(
+            "window %r dropped %d late records (%d in total; watermark %s, allowed "
+            "lateness %s): nothing is connected to its late side output, "
+            "connect .late() to keep them",
+            self.name,
+            self.late_records - self._warned_count,
+            self.late_records,
+            self.watermark,
+            self.lateness,
+        )
+        self._warned_at, self._warned_count = now, self.late_records
 
     def _fire(self, windows: list[tuple[Hashable, float]]) -> None:
         out: list[Any] = []

@@ -5,7 +5,13 @@ run ``eoscore verify mymodule:f``; docs/guide.md shows a complete target.
 """
 
 from eoscore.verify.report import Findings, VerifyReport, compare
-from eoscore.verify.runner import ChaosOptions, JobFailedError, inject_duplicates, run_verification
+from eoscore.verify.runner import (
+    ChaosOptions,
+    JobFailedError,
+    exclude_late,
+    inject_duplicates,
+    run_verification,
+)
 from eoscore.verify.target import (
     DEFAULT_FAILPOINTS,
     SINK_FAILPOINTS,
@@ -24,6 +30,7 @@ __all__ = [
     "VerifyReport",
     "VerifyTarget",
     "compare",
+    "exclude_late",
     "inject_duplicates",
     "load_target",
     "run_verification",

@@ -3,7 +3,8 @@
 Usage: python -m eoscore.verify.child MODULE:FUNCTION WORKDIR EVENTS_FILE
 
 Appends JSON lines to EVENTS_FILE: ``opened`` (wall time when recovery was
-done and the sources were reopened) and ``finished`` (the run's counters).
+done and the sources were reopened), ``late`` (a window's batch of late
+records: how many) and ``finished`` (the run's counters).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from eoscore.pipeline.operators import Node, Times
 from eoscore.pipeline.sources import ChannelReader, Source
+from eoscore.pipeline.windows import WindowNode
 from eoscore.verify.target import load_target
 
 __all__ = ["main"]
@@ -52,6 +55,21 @@ class _Observed(Source):
         return self.inner.decode(data)
 
 
+class _LateCounter(Node):
+    """On a window's late side output: notes each batch of late records it sees."""
+
+    kind = "verify-late"
+
+    def __init__(self, window: str, events: Path) -> None:
+        super().__init__(f"{window}.late.verify")
+        self.window = window
+        self.events = events
+
+    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
+        if values:
+            _event(self.events, event="late", window=self.window, count=len(values))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     spec, workdir, events = (argv if argv is not None else sys.argv[1:])[:3]
     # A run that hangs can be asked where: kill -USR1 <pid> prints every thread's stack.
@@ -63,12 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipeline.sources[:1] = [
         (_Observed(source, events_path, started), node) for source, node in pipeline.sources[:1]
     ]
+    windows = [n for n in pipeline.nodes if isinstance(n, WindowNode)]
+    for window in windows:  # appended last: the nodes' names and state stay the same
+        counter = _LateCounter(window.name, events_path)
+        pipeline.nodes.append(counter)
+        window.late.connect_to(counter)
     result = pipeline.run(target.state_dir, target.checkpoints)
     _event(
         events_path,
         event="finished",
         at=time.time(),
         records_in=result.records_in,
+        late_records=result.late_records,
         recovered_from=result.recovered_from,
     )
     return 0

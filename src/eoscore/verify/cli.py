@@ -61,6 +61,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         seed=args.seed,
         kill_window=args.kill_window,
         timeout=args.timeout,
+        allow_late=args.allow_late,
     )
     progress = Progress(sys.stderr, enabled=not args.quiet)
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="eoscore-verify-"))
@@ -88,7 +89,9 @@ def add_commands(subparsers: Any) -> None:
         description=(
             "Run MODULE:FUNCTION's pipeline in a subprocess, SIGKILL it at failpoints and "
             "at random moments, restart it, and check the output: no duplicates, no "
-            "losses, values equal to the reference. Exit 1 on a violation, 2 on an error."
+            "losses, values equal to the reference, and no late records (input a window "
+            "received behind the watermark and left out of its results). Exit 1 on a "
+            "violation, 2 on an error."
         ),
     )
     p.add_argument("target", help="module:function returning an eoscore.verify.VerifyTarget")
@@ -98,6 +101,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds kill moments and duplicates")
     p.add_argument("--kill-window", type=_window, default=(0.5, 3.0), metavar="LO,HI",
                    help="timer kills land this many seconds after a start (default 0.5,3)")
+    p.add_argument("--allow-late", action="store_true",
+                   help="report late records instead of failing on them (the reference then "
+                   "leaves them out, if the target has read_late)")
     p.add_argument("--timeout", type=float, default=600.0, help="limit for the last run")
     p.add_argument("--workdir", help="keep working files here (default: a temporary dir)")
     p.add_argument("--keep", action="store_true", help="do not delete the temporary dir")

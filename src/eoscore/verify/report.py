@@ -101,6 +101,13 @@ class VerifyReport:
     recovery_seconds: list[float] = field(default_factory=list)
     checkpoint_bytes: list[int] = field(default_factory=list)
     findings: Findings = field(default_factory=Findings)
+    #: Records windows received behind the watermark (+ allowed lateness): left out
+    #: of the window results. Exact when the target reads them back (``read_late``).
+    late_records: int = 0
+    late_exact: bool = False  # counted from the committed late output, not per run
+    allow_late: bool = False  # --allow-late: reported, not a violation
+    late_excluded: int | None = None  # input records left out of the reference for them
+    late_examples: list[Any] = field(default_factory=list)
     elapsed: float = 0.0
 
     @property
@@ -108,8 +115,13 @@ class VerifyReport:
         return max(0, self.runs - 1)
 
     @property
+    def late_violation(self) -> bool:
+        """Late records, not allowed: a window left input out of its results."""
+        return self.late_records > 0 and not self.allow_late
+
+    @property
     def ok(self) -> bool:
-        return self.findings.ok and self.kills > 0
+        return self.findings.ok and self.kills > 0 and not self.late_violation
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -163,6 +175,7 @@ class VerifyReport:
                 f"median {_bytes(size['median'])}  max {_bytes(size['max'])}"
             )
         lines.append(f"  compared to  the {self.reference}")
+        lines.extend(self._late_lines())
         lines.append(
             f"  duplicates   {f.duplicate_records}   missing {f.missing}   "
             f"extra {f.extra}   wrong values {f.wrong}"
@@ -172,9 +185,44 @@ class VerifyReport:
             lines.extend(f"    {item}" for item in items)
         if self.kills == 0:
             lines.append("  FAILED: no kill landed; nothing was verified (larger input?)")
+        if self.late_violation:
+            lines.append(
+                f"  FAILED: {self.late_records:,} late records were left out of the window "
+                "results (input out of order beyond out_of_orderness + allowed_lateness?); "
+                "--allow-late accepts them"
+            )
         lines.append(f"  verdict      {'EXACTLY-ONCE HOLDS' if self.ok else 'VIOLATED'}"
                      f" ({self.elapsed:.1f}s)")
         return "\n".join(lines)
+
+
+    def note_late(self, late: Sequence[Any]) -> None:
+        """The late records read back from the pipeline's late output (exact)."""
+        self.late_records, self.late_exact = len(late), True
+        self.late_examples = [_show(r) for r in late[:SHOWN]]
+
+    def _late_lines(self) -> list[str]:
+        how = (
+            "read back from the pipeline's late output"
+            if self.late_exact
+            else "seen by the pipeline processes (a replay after a kill may count twice)"
+        )
+        lines = [f"  late         {self.late_records:,} records behind the watermark, {how}"]
+        if self.late_records and self.allow_late:
+            if self.late_excluded is not None:
+                lines.append(
+                    f"  late input   {self.late_excluded:,} input records equal to a late one "
+                    "left out of the reference (--allow-late)"
+                )
+            elif self.reference.startswith("reference"):
+                lines.append(
+                    "  late input   still in the reference (the target has no read_late): "
+                    "missing or wrong windows may be theirs"
+                )
+        if self.late_examples:
+            lines.append("  first late:")
+            lines.extend(f"    {item}" for item in self.late_examples)
+        return lines
 
 
 def _bytes(n: float) -> str:

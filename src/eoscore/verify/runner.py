@@ -8,8 +8,11 @@ Steps:
    whichever fires first SIGKILLs it. Recovery time is measured from the
    restart to the moment the sources are reopened.
 4. A last run without kills, to the end of the input.
-5. Compare the committed output with the reference (or with an uninterrupted
-   run of the same input): count per key, duplicates, losses, values.
+5. Count the late records (read back from the target's late output, or as
+   the runs saw them); with ``allow_late`` leave them out of the reference's
+   input. Compare the committed output with the reference (or with an
+   uninterrupted run of the same input): count per key, duplicates, losses,
+   values. Late records are a violation unless ``allow_late``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,13 @@ from eoscore.errors import EosError
 from eoscore.verify.report import VerifyReport, compare
 from eoscore.verify.target import VerifyTarget, load_target
 
-__all__ = ["ChaosOptions", "JobFailedError", "inject_duplicates", "run_verification"]
+__all__ = [
+    "ChaosOptions",
+    "JobFailedError",
+    "exclude_late",
+    "inject_duplicates",
+    "run_verification",
+]
 
 #: Which hit to kill at, per failpoint: those hit per batch later, once-per-start ones
 #: at their only hit; the rest (once per checkpoint) at one of the first few.
@@ -55,6 +64,7 @@ class ChaosOptions:
     seed: int = 0
     kill_window: tuple[float, float] = (0.5, 3.0)  # seconds after start, for timer kills
     timeout: float = 600.0  # the last, uninterrupted run
+    allow_late: bool = False  # late records are reported, not a violation
 
 
 def inject_duplicates(directory: Path, fraction: float, rng: random.Random) -> int:
@@ -76,6 +86,25 @@ def inject_duplicates(directory: Path, fraction: float, rng: random.Random) -> i
         added += len(pending)
         path.write_text("\n".join(out) + "\n", encoding="utf-8")
     return added
+
+
+def _fingerprint(record: Any) -> str:
+    try:
+        return json.dumps(record, sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return repr(record)
+
+
+def exclude_late(records: Iterable[Any], late: Iterable[Any]) -> tuple[list[Any], int]:
+    """The input without every record equal to a late one; how many were left out.
+
+    Every copy goes: a duplicate of a late record is dropped by the pipeline's
+    dedup (or is itself late), so the reference must not count it either.
+    """
+    records = list(records)
+    gone = {_fingerprint(r) for r in late}
+    kept = [r for r in records if _fingerprint(r) not in gone]
+    return kept, len(records) - len(kept)
 
 
 class _Runner:
@@ -192,7 +221,8 @@ def run_verification(
     workdir = root / "chaos"
     workdir.mkdir(exist_ok=True)
     target = load_target(spec, workdir)
-    report = VerifyReport(target=spec)
+    report = VerifyReport(target=spec, allow_late=options.allow_late)
+    late_seen = 0
 
     # Step 1: input and reference.
     note("preparing input", 0, options.kills)
@@ -235,6 +265,7 @@ def run_verification(
         rc, by_timer, events, start = runner.run(workdir, failpoint, delay, options.timeout)
         report.runs += 1
         _note_recovery(report, events, start, last_start is not None)
+        late_seen += _late_seen(events)
         last_start = start
         sizes.update(_checkpoint_sizes(target))
         if rc == 0:
@@ -253,10 +284,19 @@ def run_verification(
         _, _, events, start = runner.run(workdir, None, None, options.timeout)
         report.runs += 1
         _note_recovery(report, events, start, last_start is not None)
+        late_seen += _late_seen(events)
         sizes.update(_checkpoint_sizes(target))
     report.checkpoint_bytes = [sizes[k] for k in sorted(sizes)]
 
-    # Step 5: compare.
+    # Step 5: late records, then compare.
+    report.late_records = late_seen
+    if target.read_late is not None:
+        late = list(target.read_late())
+        report.note_late(late)
+        if late and options.allow_late and target.reference is not None:
+            assert original is not None  # a reference needs read_input (step 1)
+            kept, report.late_excluded = exclude_late(original, late)
+            expected = dict(target.reference(kept))
     if expected is None:
         note("uninterrupted reference run", options.kills, options.kills)
         report.reference = "uninterrupted run"
@@ -266,6 +306,11 @@ def run_verification(
     report.findings = compare(target.read_output(), expected)
     report.elapsed = time.monotonic() - started
     return report
+
+
+def _late_seen(events: Path) -> int:
+    """Late records one pipeline process reported (``late`` events of eoscore.verify.child)."""
+    return sum(int(e.get("count", 0)) for e in _events(events) if e.get("event") == "late")
 
 
 def _note_recovery(report: VerifyReport, events: Path, start: float, restart: bool) -> None:

@@ -69,6 +69,8 @@ class VerifyTarget:
     every key must appear once in a correct run. ``reference`` maps the input
     records to the expected ``{key: value}`` (a batch recomputation); without
     it the verifier compares against an uninterrupted run of the same input.
+    A record a window receives behind the watermark (late) is a violation
+    unless ``--allow-late`` is given; ``read_late`` makes its count exact.
     """
 
     build: Callable[[], Pipeline]
@@ -79,6 +81,12 @@ class VerifyTarget:
     #: The input records (counted in the report and given to ``reference``).
     read_input: Callable[[], Iterable[Any]] | None = None
     reference: Callable[[Iterable[Any]], Mapping[Hashable, Any]] | None = None
+    #: The late records the pipeline kept (its windows' late side output, written
+    #: through an exactly-once sink), as ``read_input`` gives them: their exact count
+    #: is reported, and with ``--allow-late`` they are left out of ``reference``'s
+    #: input (every input record equal to a late one). Without it only the late
+    #: records the pipeline processes saw are counted (a replay may count twice).
+    read_late: Callable[[], Iterable[Any]] | None = None
     #: Directory of newline-delimited input files: ``--duplicates`` copies lines there.
     input_dir: Path | None = None
     checkpoints: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(interval=0.25))
