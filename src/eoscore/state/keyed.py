@@ -11,9 +11,12 @@ barrier, so an in-flight snapshot never sees later writes.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Mapping
-from operator import itemgetter
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
+from itertools import chain, compress, count, islice, repeat
+from operator import is_, is_not, itemgetter, not_
 from typing import Any
 
 import numpy as np
@@ -26,46 +29,88 @@ from eoscore.state.ttl import CLEANUP_PER_WRITE, Expiry, Ttl
 __all__ = ["MapState", "ValueState"]
 
 _MISSING: Any = object()
+_READ_BATCH = 4096  # keys a snapshot reads per step on the checkpoint thread
 
 
 class _FrozenRecords:
-    """Upserts (and, for an incremental view, deletes) captured at the barrier."""
+    """The state as it was at the barrier, read on the checkpoint thread.
 
-    def __init__(
-        self,
-        owner: _KeyedState,
-        upserts: Mapping[Hashable, Any],
-        deletes: list[Hashable],
-        stamps: Mapping[Hashable, float] | None,
-        incremental: bool,
-    ) -> None:
-        self._owner = owner
-        self._upserts = upserts
-        self._deletes = deletes
-        self._stamps = stamps
+    An incremental view copies nothing at the barrier (copy-on-write): it
+    takes over the dirty set and reads the live dicts; before the processing
+    thread changes one of those keys, the state saves the key's value and
+    stamp as they were (``_KeyedState._preserve``) and the view reads that
+    pre-image instead. A full view is a shallow copy (every key would need a
+    pre-image while it is written: measured slower than the copy).
+    """
+
+    def __init__(self, owner: _KeyedState, incremental: bool) -> None:
+        self._owner: _KeyedState | None = owner
+        stamps = owner._expiry.stamps if owner._expiry is not None else None
         self.incremental = incremental
-        self.entries = len(upserts) + len(deletes)
+        self._data: dict[Hashable, Any]
+        self._stamps: Mapping[Hashable, float] | None
+        if incremental:
+            self._data, self._stamps = owner._data, stamps
+            #: Keys read through the live dicts (preserved before they change).
+            self.keys: AbstractSet[Hashable] = owner._dirty
+        else:
+            self._data = dict(owner._data)
+            self._stamps = dict(stamps) if stamps is not None else None
+            self.keys = frozenset()
+        #: key -> value (or _MISSING) at the barrier, saved before the key's first change.
+        self.pre: dict[Hashable, Any] = {}
+        #: key -> stamp at the barrier (TTL only), saved before ``pre``. Two flat
+        #: dicts rather than tuples: nothing new for the cyclic GC to traverse.
+        self.pre_stamps: dict[Hashable, float | None] = {}
+        self.entries = len(self.keys) if incremental else len(self._data)
         self._garbage: object = None
 
-    def _items(self) -> Iterator[tuple[Hashable, Any]]:
-        stamps = self._stamps
-        if stamps is None:
-            yield from self._upserts.items()
-        else:
-            for key, value in self._upserts.items():
-                yield key, (stamps[key], value)
-
     def chunks(self, encoder: ChunkEncoder) -> Iterator[bytes]:
-        yield from encoder.records(self._items())
-        yield from encoder.keys(self._deletes)
+        deletes: list[Hashable] = []
+        yield from encoder.records(self._records(deletes))
+        yield from encoder.keys(deletes)
+
+    def _records(self, deletes: list[Hashable]) -> Iterator[tuple[Hashable, Any]]:
+        """(key, value or (stamp, value)) at the barrier; fills ``deletes`` on the way."""
+        data, stamps = self._data, self._stamps
+        if not self.incremental:
+            if stamps is None:
+                return iter(data.items())
+            times = map(stamps.__getitem__, data)
+            return zip(data, zip(times, data.values(), strict=True), strict=True)
+        return chain.from_iterable(self._read(deletes))  # no Python frame per record
+
+    def _read(self, deletes: list[Hashable]) -> Iterator[Iterable[tuple[Hashable, Any]]]:
+        data, stamps, pre, pre_stamps = self._data, self._stamps, self.pre, self.pre_stamps
+        keys = iter(self.keys)
+        while batch := list(islice(keys, _READ_BATCH)):
+            # The live value first, then the pre-image: one is saved before the
+            # key changes, so a key without one had not changed when read.
+            values = list(map(data.get, batch, repeat(_MISSING)))
+            times = list(map(stamps.get, batch)) if stamps is not None else None
+            for i in compress(count(), map(pre.__contains__, batch)):
+                values[i] = pre[batch[i]]
+                if times is not None:
+                    times[i] = pre_stamps[batch[i]]
+            if any(map(is_, values, repeat(_MISSING))):  # gone at the barrier: a delete
+                keep = list(map(is_not, values, repeat(_MISSING)))
+                deletes.extend(compress(batch, map(not_, keep)))
+                batch = list(compress(batch, keep))
+                values = list(compress(values, keep))
+                times = list(compress(times, keep)) if times is not None else None
+            pairs = values if times is None else zip(times, values, strict=True)
+            yield zip(batch, pairs, strict=True)
 
     def release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner._close_view(self)
+        self.pre = {}
+        self.pre_stamps = {}
+        self.keys = frozenset()  # the dirty set is freed here, on the checkpoint thread
+        self._data = {}
+        self._stamps = None
         self._garbage = None
-        self._upserts = {}
-        self._deletes = []
-        if self._owner is not None:
-            self._owner._frozen_views -= 1
-            self._owner = None  # type: ignore[assignment]
 
 
 class _RecordsRestorer:
@@ -118,7 +163,10 @@ class _KeyedState:
         self._data: dict[Hashable, Any] = {}
         self._dirty: set[Hashable] = set()
         self._expiry = Expiry(ttl) if ttl is not None else None
-        self._frozen_views = 0  # snapshots still encoding (copy-on-write while > 0)
+        # Incremental snapshots still being read: their keys are preserved before a change.
+        self._cow: tuple[_FrozenRecords, ...] = ()
+        self._frozen_views = 0  # snapshots of any kind still being read
+        self._cow_lock = threading.Lock()  # guards _cow and _frozen_views (freeze, release)
 
     # ---- reading -------------------------------------------------------------
 
@@ -151,8 +199,20 @@ class _KeyedState:
             for old in expiry.due(CLEANUP_PER_WRITE):
                 self.delete(old)
 
+    def _preserve(self, key: Hashable) -> None:
+        """Save key's value and stamp for open snapshots; call before changing either."""
+        stamps = self._expiry.stamps if self._expiry is not None else None
+        for view in self._cow:
+            pre = view.pre
+            if key not in pre and key in view.keys:
+                if stamps is not None:  # first: a reader that finds pre[key] reads it
+                    view.pre_stamps[key] = stamps.get(key)
+                pre[key] = self._data.get(key, _MISSING)
+
     def delete(self, key: Hashable) -> bool:
         """Remove key; True if it was present."""
+        if self._cow:
+            self._preserve(key)
         if self._data.pop(key, _MISSING) is _MISSING:
             return False
         self._dirty.add(key)
@@ -190,22 +250,22 @@ class _KeyedState:
         return len(self._dirty)
 
     def freeze(self, incremental: bool) -> _FrozenRecords:
-        data = self._data
-        stamps = self._expiry.stamps if self._expiry is not None else None
-        if incremental:
-            upserts = {k: data[k] for k in self._dirty if k in data}
-            deletes = [k for k in self._dirty if k not in data]
-            frozen_stamps = {k: stamps[k] for k in upserts} if stamps is not None else None
-        else:
-            upserts = dict(data)
-            deletes = []
-            frozen_stamps = dict(stamps) if stamps is not None else None
-        frozen = _FrozenRecords(self, upserts, deletes, frozen_stamps, incremental)
-        frozen._garbage = self._dirty  # freed on the checkpoint thread, not at the barrier
+        """Incremental: O(1), copy-on-write. Full: a shallow copy of the dicts."""
+        frozen = _FrozenRecords(self, incremental)
+        if not incremental:
+            frozen._garbage = self._dirty  # freed on the checkpoint thread, not at the barrier
         self._dirty = set()
-        self._frozen_views += 1
+        with self._cow_lock:
+            self._frozen_views += 1
+            if incremental:
+                self._cow = (*self._cow, frozen)
         self._barrier()
         return frozen
+
+    def _close_view(self, view: _FrozenRecords) -> None:
+        with self._cow_lock:  # a new tuple: _preserve may be iterating the old one
+            self._frozen_views -= 1
+            self._cow = tuple(v for v in self._cow if v is not view)
 
     def _barrier(self) -> None:
         """Hook: a snapshot was just taken."""
@@ -215,6 +275,8 @@ class _KeyedState:
         return _RecordsRestorer(self, timed=saved is not None)
 
     def _install(self, data: dict[Hashable, Any], stamps: dict[Hashable, float]) -> None:
+        with self._cow_lock:  # open views keep the old dicts, which no longer change
+            self._cow = ()
         self._data = data
         self._dirty = set()
         if self._expiry is not None:
@@ -241,6 +303,8 @@ class ValueState(_KeyedState):
     def put(self, key: Hashable, value: Any) -> None:
         check_value(key)
         check_value(value)
+        if self._cow:
+            self._preserve(key)
         self._data[key] = value
         self._written(key)
 
@@ -263,6 +327,8 @@ class MapState(_KeyedState):
         self._owned = set()
 
     def _for_write(self, key: Hashable) -> dict[Any, Any]:
+        if self._cow:
+            self._preserve(key)
         inner: dict[Any, Any] | None = self._data.get(key)
         if inner is None:
             inner = self._data[key] = {}
