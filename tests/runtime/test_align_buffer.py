@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,142 @@ def test_watermark_is_the_minimum_and_never_goes_back() -> None:
     assert buf.watermark() == 10.0
 
 
+def test_an_idle_channel_is_left_out_of_the_minimum_until_it_delivers() -> None:
+    buf = AlignmentBuffer(2, 5)
+    buf.set_idle_timeout(1, 1.0)
+    buf.set_watermark(0, 20.0)
+    buf.set_watermark(1, 3.0)
+    assert buf.check_idle(100.0) == 0  # starts channel 1's clock
+    assert buf.check_idle(100.5) == 0 and buf.watermark() == 3.0
+    assert buf.check_idle(101.0) == 1  # a second without records
+    assert buf.is_idle(1) and buf.watermark() == 20.0
+    assert buf.check_idle(105.0) == 0  # already idle: reported once
+    assert buf.delivered(1)  # active again: its own (old) watermark counts
+    assert not buf.is_idle(1) and buf.watermark() == 3.0
+    assert not buf.delivered(1)
+    assert buf.set_watermark(1, 8.0) == 8.0
+
+
+def test_delivering_restarts_the_idle_clock() -> None:
+    buf = AlignmentBuffer(2, 5)
+    buf.set_idle_timeout(0, 1.0)
+    buf.check_idle(0.0)
+    buf.delivered(0)
+    assert buf.check_idle(0.5) == 0  # seen: the clock restarts at 0.5
+    assert buf.check_idle(1.25) == 0
+    assert buf.check_idle(1.5) == 1
+    assert not buf.is_idle(1)  # no timeout: never idle
+    assert buf.idle_timeout(0) == 1.0 and buf.idle_timeout(1) == math.inf
+
+
+def test_when_every_channel_is_idle_the_minimum_is_over_all_of_them() -> None:
+    buf = AlignmentBuffer(3, 5)
+    for i in range(2):
+        buf.set_idle_timeout(i, 1.0)
+    buf.set_watermark(0, 10.0)
+    buf.set_watermark(1, 30.0)
+    buf.set_watermark(2, math.inf)  # a channel without event time
+    buf.check_idle(0.0)
+    buf.delivered(1)
+    assert buf.check_idle(1.0) == 1 and buf.watermark() == 30.0  # channel 0 idle
+    assert buf.check_idle(2.0) == 1  # channel 1 too: idleness alone cannot advance
+    assert buf.watermark() == 10.0  # what it was without idleness (the caller keeps more)
+    buf.end(0)  # an ended channel is not idle, and counts as +inf
+    assert not buf.is_idle(0) and buf.watermark() == 30.0
+    buf.end(1)
+    assert buf.watermark() == math.inf
+
+
+def test_idleness_does_not_change_alignment() -> None:
+    buf = AlignmentBuffer(2, 2)
+    buf.set_idle_timeout(0, 1.0)
+    buf.set_idle_timeout(1, 1.0)
+    buf.check_idle(0.0)
+    buf.check_idle(1.0)
+    assert buf.is_idle(0) and buf.is_idle(1)
+    assert buf.barrier(0, 4) == 1  # an idle channel still owes its barrier
+    assert buf.missing() == 1 and buf.open_channels() == [1]
+    assert buf.is_idle(0)  # a barrier is not a record
+    assert buf.barrier(1, 4) == 0
+    buf.release()
+
+
+def test_a_blocked_channel_with_a_full_buffer_is_backpressured_not_idle() -> None:
+    buf = AlignmentBuffer(2, 2)
+    buf.set_idle_timeout(0, 1.0)
+    buf.check_idle(0.0)
+    buf.barrier(0, 1)
+    buf.delivered(0)
+    assert not buf.push(0, "x", 2)  # full: channel 0 is not pulled any more
+    assert buf.check_idle(5.0) == 0 and buf.check_idle(10.0) == 0
+    buf.barrier(1, 1)
+    buf.release()
+    assert buf.check_idle(10.5) == 0  # the clock restarted at 10.0
+    assert buf.check_idle(11.0) == 1
+
+
+def test_a_blocked_channel_with_room_can_be_idle() -> None:
+    buf = AlignmentBuffer(2, 2)
+    buf.set_idle_timeout(0, 1.0)
+    buf.check_idle(0.0)
+    buf.barrier(0, 1)
+    assert buf.check_idle(1.0) == 1
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, math.nan])
+def test_an_idle_timeout_must_be_positive(seconds: float) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        AlignmentBuffer(2, 5).set_idle_timeout(0, seconds)
+
+
+def test_idleness_against_a_model() -> None:
+    """Random deliveries, checks, marks and ends agree with a plain-Python model."""
+    rng = random.Random(7)
+    for _ in range(200):
+        n = rng.randint(1, 5)
+        buf = AlignmentBuffer(n, 100)
+        timeout = [rng.choice([math.inf, 1.0, 2.0]) for _ in range(n)]
+        marks = [-math.inf] * n
+        idle = [False] * n
+        seen = [True] * n
+        last = [0.0] * n
+        ended = [False] * n
+        for i, t in enumerate(timeout):
+            if t != math.inf:
+                buf.set_idle_timeout(i, t)
+        now = 0.0
+        for _ in range(40):
+            i = rng.randrange(n)
+            op = rng.random()
+            if op < 0.3:
+                buf.delivered(i)
+                seen[i], idle[i] = True, False
+                mark = float(rng.randint(0, 100))
+                buf.set_watermark(i, mark)
+                marks[i] = max(marks[i], mark)
+            elif op < 0.35:
+                buf.end(i)
+                ended[i], idle[i], marks[i] = True, False, math.inf
+            else:
+                now += rng.choice([0.0, 0.5, 1.0, 1.5])
+                count = 0
+                for c in range(n):
+                    if timeout[c] == math.inf or ended[c]:
+                        continue
+                    if seen[c]:
+                        seen[c], last[c] = False, now
+                    elif not idle[c] and now - last[c] >= timeout[c]:
+                        idle[c] = True
+                        count += 1
+                assert buf.check_idle(now) == count
+            active = [m for c, m in enumerate(marks) if not idle[c]]
+            expected = min(active, default=math.inf)
+            if any(idle) and expected == math.inf:
+                expected = min(marks)
+            assert buf.watermark() == expected
+            assert [buf.is_idle(c) for c in range(n)] == idle
+
+
 class _Idle(ChannelReader):
     def __init__(self, name: str) -> None:
         self.name = name
@@ -115,6 +252,10 @@ def test_records_after_a_barrier_wait_and_are_not_in_the_snapshot(tmp_path: Path
         lambda b: b.push(None, "x", 1),
         lambda b: b.set_watermark(0, None),
         lambda b: b.end(None),
+        lambda b: b.set_idle_timeout(None, 1.0),
+        lambda b: b.set_idle_timeout(0, None),
+        lambda b: b.delivered(None),
+        lambda b: b.check_idle(None),
     ],
 )
 def test_none_for_a_typed_argument_raises_type_error(call: Any) -> None:

@@ -110,10 +110,34 @@ class Stream(Generic[T]):
         return Stream(self.pipeline, self._then(node))
 
     def assign_timestamps(
-        self, fn: Callable[[T], float], *, out_of_orderness: float = 0, name: str | None = None
+        self,
+        fn: Callable[[T], float],
+        *,
+        out_of_orderness: float = 0,
+        idle_timeout: float | None = None,
+        name: str | None = None,
     ) -> Stream[T]:
-        """Event times from ``fn``; watermark per channel = max time seen - ``out_of_orderness``."""
-        node = TimestampNode(self.pipeline._name("timestamps", name), fn, out_of_orderness)
+        """Event times from ``fn``; watermark per channel = max time seen - ``out_of_orderness``.
+
+        The pipeline's watermark is the minimum over channels, so a channel
+        that receives nothing holds every window back. With ``idle_timeout``
+        (seconds of *processing* time, like Flink's ``withIdleness``) a
+        channel that delivered no records for that long is idle: left out of
+        the minimum until its next record. If every channel is idle the
+        watermark stays where it is. The watermark never goes back, so records
+        of a resumed channel that are behind it are late. Idleness depends on
+        wall-clock timing, so a replay after recovery may put different
+        records late; it is not checkpointed (all channels restart active).
+        A channel feeding several ``assign_timestamps`` uses the smallest
+        timeout given.
+        """
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise PipelineDefinitionError(
+                f"idle_timeout must be a positive number of seconds (or None), not {idle_timeout}"
+            )
+        node = TimestampNode(
+            self.pipeline._name("timestamps", name), fn, out_of_orderness, idle_timeout
+        )
         return Stream(self.pipeline, self._then(node))
 
     def dedup(

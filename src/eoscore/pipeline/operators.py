@@ -131,14 +131,26 @@ class FlatMapNode(Node):
 
 
 class TimestampNode(Node):
-    """Assigns event times and reports the channel's bounded-out-of-orderness watermark."""
+    """Assigns event times and reports the channel's bounded-out-of-orderness watermark.
+
+    ``idle_timeout`` (seconds, or None) is read by the executor: the channels
+    feeding this node are left out of the watermark once they delivered
+    nothing for that long (``Stream.assign_timestamps``).
+    """
 
     kind = "timestamps"
 
-    def __init__(self, name: str, fn: Callable[[Any], float], out_of_orderness: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[Any], float],
+        out_of_orderness: float,
+        idle_timeout: float | None = None,
+    ) -> None:
         super().__init__(name)
         self.fn = fn
         self.bound = out_of_orderness
+        self.idle_timeout = idle_timeout
 
     def push(self, values: list[Any], times: Times, port: int = 0) -> None:
         stamped = [float(t) for t in map(self.fn, values)]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Executor", "RunResult"]
 
 BURST = 2  # items pulled from one channel before moving to the next
+IDLE_CHECK = 0.005  # seconds between two idleness checks (when a channel has a timeout)
 
 
 @dataclass
@@ -95,6 +96,8 @@ class Executor:
         self.wakeup = threading.Event()
         self.positions: dict[int, Any] = {}
         self.watermark = -math.inf
+        self._idleness = False  # some channel has an idle timeout
+        self._next_idle_check = 0.0
         self.records_in = 0
         self._attempt = 0
         self._align: _Alignment | None = None
@@ -120,16 +123,23 @@ class Executor:
                 self._channel_source.append((source, node))
                 self.positions[ch.index] = reader.position()
         self.buffer = AlignmentBuffer(len(self.channels), self.config.alignment_capacity)
-        timed = {id(n) for n in _reachable_timestamps(self.pipeline)}
+        timed = _watermark_sources(self.pipeline)
         marks = (meta or {}).get("watermarks", {})
         for i, (_, node) in enumerate(self._channel_source):
             if id(node) not in timed:
                 self.buffer.set_watermark(i, math.inf)
-            elif self._key(i) in marks:
+                continue
+            if self._key(i) in marks:
                 self.buffer.set_watermark(i, float(marks[self._key(i)]))
+            idle_timeout = timed[id(node)]
+            if idle_timeout is not None:
+                self.buffer.set_idle_timeout(i, idle_timeout)
+                self._idleness = True
         for node in self.order:
             node.after_restore()
-        self._advance_watermark()
+        # The pipeline's watermark may be above the minimum of the channels' own
+        # (idle channels were left out of it): it never goes back, across recovery too.
+        self._advance_watermark(float((meta or {}).get("watermark", -math.inf)))
         # Unaligned checkpoints: records that were in flight replay first, in order.
         inflight = (meta or {}).get("channel_state", {})
         for i, (source, node) in enumerate(self._channel_source):
@@ -190,6 +200,9 @@ class Executor:
                     progressed = True
                     self._handle(i, item)
             start = (start + 1) % n
+            if self._idleness and now >= self._next_idle_check:
+                self._next_idle_check = now + IDLE_CHECK
+                self._check_idle(now)
             self._check_channels()
             if self._align is not None:
                 self._check_alignment(now)
@@ -210,6 +223,12 @@ class Executor:
                     f"source {ch.source!r} channel {ch.name!r} failed: {ch.error}"
                 ) from ch.error
 
+    def _check_idle(self, now: float) -> None:
+        """Channels silent for their idle timeout leave the watermark minimum."""
+        assert self.buffer is not None
+        if self.buffer.check_idle(now):
+            self._advance_watermark()
+
     def _finish(self) -> None:
         """Every channel ended: fire what is left and take a final checkpoint."""
         self._advance_watermark()
@@ -224,6 +243,7 @@ class Executor:
         buffer = self.buffer
         assert buffer is not None
         if isinstance(item, Batch):
+            buffer.delivered(i)  # an idle channel is active again (even if blocked)
             if buffer.blocked(i):
                 failpoints.hit("runtime.during_alignment")
                 buffer.push(i, item, len(item.records))
@@ -270,9 +290,9 @@ class Executor:
         assert self.buffer is not None
         self.buffer.set_watermark(channel, mark)
 
-    def _advance_watermark(self) -> None:
+    def _advance_watermark(self, floor: float = -math.inf) -> None:
         assert self.buffer is not None
-        mark = self.buffer.watermark()
+        mark = max(self.buffer.watermark(), floor)
         if mark > self.watermark:
             self.watermark = mark
             for node in self.order:
@@ -329,6 +349,8 @@ class Executor:
                     self.buffer.barrier(i, align.attempt)
                     break
                 items.append(item)
+                if isinstance(item, Batch):
+                    self.buffer.delivered(i)
                 if isinstance(item, End):
                     align.positions[i] = item.position
                     break
@@ -358,7 +380,11 @@ class Executor:
             marks[self._key(i)] = _json_mark(self.buffer.channel_watermark(i))
         for node in self.order:
             node.before_snapshot()
-        extra = {"watermarks": marks, "channel_state": state}
+        extra = {
+            "watermarks": marks,
+            "watermark": _json_mark(self.watermark),
+            "channel_state": state,
+        }
         self.coordinator.snapshot(checkpoint_id, positions, extra)
         stall = time.monotonic() - started
         stats = self.coordinator.stats
@@ -398,19 +424,26 @@ def _topological(nodes: list[Node]) -> list[Node]:
     return order
 
 
-def _reachable_timestamps(pipeline: Pipeline) -> list[Node]:
-    """Source nodes from which a TimestampNode is reachable (their channels hold watermarks)."""
-    found: list[Node] = []
+def _watermark_sources(pipeline: Pipeline) -> dict[int, float | None]:
+    """Source nodes from which a TimestampNode is reachable (their channels hold
+    watermarks), by id, with the idle timeout of their channels: the smallest
+    ``idle_timeout`` among those TimestampNodes, None if none has one."""
+    found: dict[int, float | None] = {}
     for _, start in pipeline.sources:
         seen: set[int] = set()
         todo: list[Node] = [start]
+        timeouts: list[float] = []
+        timed = False
         while todo:
             node = todo.pop()
             if id(node) in seen:
                 continue
             seen.add(id(node))
             if isinstance(node, TimestampNode):
-                found.append(start)
-                break
+                timed = True
+                if node.idle_timeout is not None:
+                    timeouts.append(node.idle_timeout)
             todo.extend(d for d, _ in node.downstream)
+        if timed:
+            found[id(start)] = min(timeouts, default=None)
     return found
