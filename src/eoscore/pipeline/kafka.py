@@ -37,6 +37,18 @@ def _unb64(data: str | None) -> bytes | None:
     return None if data is None else base64.b64decode(data)
 
 
+def open_partition(
+    config: dict[str, Any], topic: str, partition: int, offset: int
+) -> tuple[Consumer, int]:
+    """A consumer reading one partition from ``offset`` (or its beginning), and the
+    offset of its first record."""
+    consumer = Consumer(config)
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    if offset < 0:  # OFFSET_BEGINNING: the first record is at the low watermark
+        offset, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+    return consumer, offset
+
+
 class _PartitionChannel(ChannelReader):
     def __init__(
         self,
@@ -53,14 +65,7 @@ class _PartitionChannel(ChannelReader):
         self._batch = batch
         self._stop_at_end = stop_at_end
         self._reached_end = False
-        self._consumer = Consumer(config)
-        self._consumer.assign([TopicPartition(topic, partition, offset)])
-        self._next = offset  # OFFSET_BEGINNING (-2) until the first record
-        if offset < 0:
-            low, _ = self._consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=30
-            )
-            self._next = low
+        self._consumer, self._next = open_partition(config, topic, partition, offset)
 
     def read(self) -> list[Any] | EndOfInput | None:
         if self._reached_end:

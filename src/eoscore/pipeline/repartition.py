@@ -31,12 +31,12 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from eoscore.hashing import xxh3_64
 from eoscore.pipeline.errors import PipelineDefinitionError, PipelineError
-from eoscore.pipeline.kafka import KafkaSource
+from eoscore.pipeline.kafka import KafkaSource, open_partition
 from eoscore.pipeline.operators import Node, Times, TimestampNode
 from eoscore.pipeline.sources import END, ChannelReader, EndOfInput
 from eoscore.sinks.kafka import KafkaSink
@@ -299,14 +299,7 @@ class _RoutedChannel(ChannelReader):
         offset, ended = position if position is not None else (OFFSET_BEGINNING, [])
         self._ended: set[int] = set(ended)
         self._reached_end = False
-        self._consumer = Consumer(config)
-        self._consumer.assign([TopicPartition(topic, partition, offset)])
-        self._next = offset
-        if offset < 0:
-            low, _ = self._consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=30
-            )
-            self._next = low
+        self._consumer, self._next = open_partition(config, topic, partition, offset)
 
     def _all_ended(self) -> bool:
         return self._until is not None and len(self._ended) >= self._until
