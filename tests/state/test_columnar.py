@@ -148,3 +148,67 @@ def test_full_snapshot_is_copy_on_write_across_regions() -> None:
     assert got == want
     assert state.get([7], "n").tolist() == [1_000_007]
     state.freeze(incremental=False).release()  # a new snapshot may start after release
+
+
+def _restored(
+    state: ColumnarState, segments: list[list[tuple[str, list[int]]]], expected: int
+) -> ColumnarState:
+    """Feed segments (the first is the base) of ("cols", keys) / ("del", keys) chunks."""
+    r = state.restorer(state.describe(), expected)
+    for i, chunks in enumerate(segments):
+        r.begin_segment(i == 0)
+        for kind, keys in chunks:
+            k = np.array(keys, np.int64)
+            if kind == "cols":
+                r.columns(k, [k * 10, k / 2])
+            else:
+                r.deleted_column_keys(k)
+    assert r.count() == expected
+    r.install()
+    return state
+
+
+@pytest.mark.parametrize("expected_hint", [0, 10, 5000])
+def test_restore_base_in_chunks_then_deltas(expected_hint: int) -> None:
+    # The base arrives in chunks copied straight into the columns and is indexed
+    # once at the end; a hint below the base's size grows the arrays meanwhile.
+    base = [("cols", list(range(i, i + 700))) for i in range(0, 2100, 700)]
+    delta = [("cols", [5, 2100, 2101]), ("del", [7, 8, 9999])]
+    state = ColumnarState("c", {"n": "int64", "f": "float64"}, capacity=expected_hint)
+    r = state.restorer(state.describe(), expected_hint)
+    r.begin_segment(True)
+    for _, keys in base:
+        k = np.array(keys, np.int64)
+        r.columns(k, [k * 10, k / 2])
+    r.begin_segment(False)
+    for kind, keys in delta:
+        k = np.array(keys, np.int64)
+        if kind == "cols":
+            r.columns(k, [k * 10 + 1, k / 2])
+        else:
+            r.deleted_column_keys(k)
+    assert r.count() == 2100
+    r.install()
+    got = state.get(np.array([0, 5, 7, 2099, 2100, 2101]), "n", default=-1).tolist()
+    assert got == [0, 51, -1, 20990, 21001, 21011]
+    assert len(state) == 2100
+    state.add([1], 1, "n")  # a normal state afterwards
+    assert state.get([1], "n").tolist() == [11]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [[1, 2, 3, 2]],  # within a chunk
+        [[1, 2, 3], [4, 5], [6, 1]],  # across chunks
+        [list(range(100_000)), [99_999]],
+    ],
+)
+def test_restore_rejects_a_base_with_a_repeated_key(chunks: list[list[int]]) -> None:
+    from eoscore.checkpoint import CorruptCheckpointError
+
+    state = ColumnarState("c", {"n": "int64", "f": "float64"})
+    state.add([42], 1, "n")
+    with pytest.raises(CorruptCheckpointError, match=r"base segment is invalid: key .* repeats"):
+        _restored(state, [[("cols", c) for c in chunks]], sum(map(len, chunks)) - 1)
+    assert state.get([42], "n").tolist() == [1] and len(state) == 1  # nothing installed

@@ -61,6 +61,76 @@ def test_growth_keeps_every_key() -> None:
     np.testing.assert_array_equal(index.lookup(keys), slots)
 
 
+# Small tables (16 buckets for up to 11 keys) wrap around the end and make the
+# in-place bulk build move its unread input aside; wide ranges spread keys out.
+key_sets = st.one_of(
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=120, unique=True),
+    st.lists(st.integers(-20, 60), max_size=60, unique=True),
+)
+
+
+@settings(max_examples=300)
+@given(key_sets, st.integers(0, 300))
+def test_build_agrees_with_a_dict(keys: list[int], capacity: int) -> None:
+    index = KeyIndex(capacity)
+    arr = np.array(keys, dtype=np.int64)
+    assert index.build(arr) == 0
+    assert len(index) == index.slot_limit == len(keys)
+    np.testing.assert_array_equal(index.lookup(arr), np.arange(len(keys)))
+    # The table is an ordinary one afterwards: removals, reuse, lookups of absent keys.
+    gone = arr[::3].copy()
+    np.testing.assert_array_equal(index.remove_many(gone), np.arange(len(keys))[::3])
+    np.testing.assert_array_equal(index.lookup(gone), np.full(gone.shape[0], -1))
+    kept = arr[[i for i in range(len(keys)) if i % 3]]
+    np.testing.assert_array_equal(index.lookup(kept), [i for i in range(len(keys)) if i % 3])
+    fresh = np.array([k for k in range(10**6, 10**6 + 20) if k not in keys], dtype=np.int64)
+    slots = index.insert(fresh)
+    freed = set(range(len(keys))[::3])
+    assert len(set(slots.tolist())) == fresh.shape[0]
+    assert set(slots.tolist()) <= freed | set(range(len(keys), len(keys) + 20))
+    np.testing.assert_array_equal(index.lookup(fresh), slots)
+    assert len(index) == kept.shape[0] + fresh.shape[0]
+
+
+@settings(max_examples=200)
+@given(key_sets.filter(bool), st.data())
+def test_build_rejects_a_repeated_key_and_stays_empty(keys: list[int], data: st.DataObject) -> None:
+    repeat = keys[data.draw(st.integers(0, len(keys) - 1))]
+    where = data.draw(st.integers(0, len(keys)))
+    arr = np.array([*keys[:where], repeat, *keys[where:]], dtype=np.int64)
+    index = KeyIndex(data.draw(st.integers(0, 300)))
+    with pytest.raises(ValueError, match=f"key {repeat} repeats"):
+        index.build(arr)
+    assert len(index) == 0 and index.slot_limit == 0
+    np.testing.assert_array_equal(index.lookup(arr), np.full(arr.shape[0], -1))
+    index.build(np.array(keys, dtype=np.int64))  # still usable
+    assert len(index) == len(keys)
+
+
+def test_build_at_scale_matches_lookup() -> None:
+    keys = np.unique(np.random.default_rng(7).integers(-(2**63), 2**63 - 1, 300_000))
+    keys = np.random.default_rng(8).permutation(keys)
+    index = KeyIndex()
+    index.build(keys)  # grows the table first: many regions
+    np.testing.assert_array_equal(index.lookup(keys), np.arange(keys.shape[0]))
+
+
+def test_build_appends_after_existing_slots() -> None:
+    index = KeyIndex()
+    index.insert(np.arange(10, dtype=np.int64))
+    assert index.build(np.arange(100, 200, dtype=np.int64)) == 10  # into a non-empty index
+    np.testing.assert_array_equal(index.lookup(np.arange(100, 200)), np.arange(10, 110))
+    with pytest.raises(ValueError, match="key 5 repeats or is already indexed"):
+        index.build(np.array([1000, 5], dtype=np.int64))
+    # Emptied by removals: freed slots stay on the stack, build appends after them.
+    empty = KeyIndex()
+    empty.insert(np.arange(50, dtype=np.int64))
+    empty.remove_many(np.arange(50, dtype=np.int64))
+    assert empty.build(np.arange(7, 12, dtype=np.int64)) == 50
+    np.testing.assert_array_equal(empty.lookup(np.arange(7, 12)), np.arange(50, 55))
+    assert empty.get_or_insert(999) < 50  # a freed slot
+
+
 def test_scatter_add_sums_duplicates_and_checks_bounds() -> None:
     target = np.zeros(4, np.int64)
     scatter_add_i64(target, np.array([1, 1, 3], np.int64), np.array([2, 5, 1], np.int64))
@@ -76,7 +146,7 @@ def test_scatter_add_sums_duplicates_and_checks_bounds() -> None:
 
 def test_none_for_typed_arguments() -> None:
     index = KeyIndex()
-    for fn in (index.lookup, index.insert, index.remove_many):
+    for fn in (index.lookup, index.insert, index.remove_many, index.build):
         with pytest.raises(TypeError):
             fn(None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):

@@ -9,7 +9,8 @@
 # prefetch the buckets of a block of keys before probing them.
 
 from libc.stdint cimport int64_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -56,6 +57,8 @@ cdef struct Entry:
 
 DEF BLOCK = 16          # keys hashed and prefetched ahead in batch methods
 DEF MIN_BUCKETS = 16
+DEF REGIONS = 1024       # build(): regions the table is cut into, at most ...
+DEF REGION_BITS = 16     # ... unless they'd exceed 2**16 buckets (offsets fill tag's top 16 bits)
 
 
 cdef class KeyIndex:
@@ -160,6 +163,21 @@ cdef class KeyIndex:
         t[b].tag = slot + 1
         self.count += 1
         return slot
+
+    cdef inline bint _place(self, int64_t key, uint64_t b, int64_t slot) noexcept nogil:
+        # Insert key at the given slot; False (and nothing changed) if it is present.
+        # Caller has ensured room for one more key.
+        cdef Entry *t = self.table
+        while t[b].tag != 0:
+            if t[b].key == key:
+                return False
+            b += 1
+            if b == self.nbuckets:
+                b = 0
+        t[b].key = key
+        t[b].tag = slot + 1
+        self.count += 1
+        return True
 
     cdef inline int64_t _remove(self, int64_t key, uint64_t b) noexcept nogil:
         # Returns the freed slot or -1; the caller pushes it on the free stack.
@@ -272,67 +290,194 @@ cdef class KeyIndex:
                 i += m
         return out
 
+    cdef int _build_fill(self, const int64_t[::1] keys, int64_t first, int64_t *bad) except -1:
+        """build() into an empty table: keys are written in home-bucket order.
+
+        Under linear probing a key goes to the first free bucket at or after
+        its home; taken in home order that is max(home, previous + 1), so the
+        table is written front to back and never probed. Pass 1 counts the
+        keys per region of 2**shift buckets; pass 2 copies them, grouped by
+        region, to the last n buckets of the (still empty) table, each with
+        its slot and its home's offset in the region (the top 16 bits of
+        tag); pass 3 takes one region at a time, sorts it by home (a counting
+        sort that stays in cache) and writes it out. The writes trail the
+        regions still to be read; should they catch up, the rest is moved to
+        a side buffer first. Buckets the writes skip get zeroed. The few keys
+        pushed past the last bucket then wrap around with an ordinary probe.
+        A repeated key is met among the keys placed between its home and its
+        bucket, exactly where a probe would meet it. Returns 0, or 1 with
+        *bad set to a repeated key (the table is then empty again).
+        """
+        cdef Py_ssize_t n = keys.shape[0], i, j, a, e, m, maxpart = 0, part, nparts
+        cdef uint64_t nb = self.nbuckets, home, base, region, zone = nb - <uint64_t>n
+        cdef int shift = 0
+        cdef Py_ssize_t *starts = NULL
+        cdef Py_ssize_t *counts = NULL
+        cdef Entry *t = self.table
+        cdef Entry *buf = t + zone  # pass 2's output, in the table's last n buckets
+        cdef Entry *moved = NULL    # the unread rest of buf, once the writes catch up
+        cdef Entry *ordered = NULL
+        cdef Entry *wrapped = NULL  # keys pushed past the last bucket
+        cdef Py_ssize_t nwrapped = 0, wcap = 0
+        cdef int64_t last = -1, pos, q, key, reach, lo, hi
+        cdef Py_ssize_t off
+        cdef Entry *moving
+        cdef int64_t slot_mask = (<int64_t>1 << 48) - 1  # tag bits below the home offset
+        cdef int rc = 0
+        while (nb >> shift) >= REGIONS and shift < REGION_BITS:
+            shift += 1
+        region = <uint64_t>1 << shift
+        nparts = <Py_ssize_t>(nb >> shift) + 1
+        starts = <Py_ssize_t *>calloc(nparts + 1, sizeof(Py_ssize_t))
+        counts = <Py_ssize_t *>malloc((region + 1) * sizeof(Py_ssize_t))
+        if starts == NULL or counts == NULL:
+            free(starts)
+            free(counts)
+            raise MemoryError()
+        with nogil:
+            # Pass 1: keys per region.
+            for i in range(n):
+                home = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i], 0), nb)
+                starts[(home >> shift) + 1] += 1
+            for part in range(nparts):
+                if starts[part + 1] > maxpart:
+                    maxpart = starts[part + 1]
+                starts[part + 1] += starts[part]
+            # Pass 2: grouped by region; starts[p] ends as region p's end.
+            for i in range(n):
+                home = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i], 0), nb)
+                part = <Py_ssize_t>(home >> shift)
+                buf[starts[part]].key = keys[i]
+                buf[starts[part]].tag = (first + i + 1) | <int64_t>((home & (region - 1)) << 48)
+                starts[part] += 1
+        ordered = <Entry *>malloc((maxpart + 1) * sizeof(Entry))
+        if ordered == NULL:
+            rc = -1
+        else:
+            with nogil:
+                # Pass 3: region by region, counting-sort by home, then fill in order.
+                a = 0
+                for part in range(nparts):
+                    e = starts[part]
+                    m = e - a
+                    base = <uint64_t>part << shift
+                    # Furthest bucket this region can write to; past zone + e lies
+                    # unread input (regions part + 1, ...).
+                    reach = (last if last > <int64_t>(base + region - 1) else
+                             <int64_t>(base + region - 1)) + m
+                    if moved == NULL and e < n and reach >= <int64_t>(zone + <uint64_t>e):
+                        moved = <Entry *>malloc((n - a) * sizeof(Entry))  # this region on
+                        if moved == NULL:
+                            rc = -1
+                            break
+                        memcpy(moved, buf + a, (n - a) * sizeof(Entry))
+                        buf = moved - a
+                    for j in range(<Py_ssize_t>region + 1):
+                        counts[j] = 0
+                    for j in range(m):
+                        counts[(<uint64_t>buf[a + j].tag >> 48) + 1] += 1
+                    for j in range(<Py_ssize_t>region):
+                        counts[j + 1] += counts[j]
+                    for j in range(m):
+                        off = <Py_ssize_t>(<uint64_t>buf[a + j].tag >> 48)
+                        ordered[counts[off]] = buf[a + j]
+                        counts[off] += 1
+                    # Clear what pass 2 left in the region's buckets not written yet
+                    # (its own input is in ordered now).
+                    lo = last + 1 if last + 1 > <int64_t>base else <int64_t>base
+                    hi = <int64_t>(base + region) if base + region < nb else <int64_t>nb
+                    if hi > lo:
+                        memset(&t[lo], 0, (hi - lo) * sizeof(Entry))
+                    for j in range(m):
+                        q = <int64_t>(base + (<uint64_t>ordered[j].tag >> 48))
+                        ordered[j].tag &= slot_mask
+                        pos = q if q > last else last + 1
+                        key = ordered[j].key
+                        while q < pos and q < <int64_t>nb:
+                            if t[q].key == key:
+                                rc = 1
+                                break
+                            q += 1
+                        if rc:
+                            bad[0] = key
+                            break
+                        if pos < <int64_t>nb:
+                            t[pos] = ordered[j]
+                            last = pos
+                        else:  # past the end: placed after the last region
+                            if nwrapped == wcap:
+                                wcap = 2 * wcap + 64
+                                moving = <Entry *>realloc(wrapped, wcap * sizeof(Entry))
+                                if moving == NULL:
+                                    rc = -1
+                                    break
+                                wrapped = moving
+                            wrapped[nwrapped] = ordered[j]
+                            nwrapped += 1
+                    if rc:
+                        break
+                    a = e
+                if rc == 0:
+                    if last + 1 < <int64_t>nb:
+                        memset(&t[last + 1], 0, (nb - <uint64_t>(last + 1)) * sizeof(Entry))
+                    # Keys pushed past the end: the run before them reaches the last
+                    # bucket, so a probe for them continues from bucket 0.
+                    for j in range(nwrapped):
+                        key = wrapped[j].key
+                        q = 0
+                        while t[q].tag != 0:
+                            if t[q].key == key:
+                                rc = 1
+                                break
+                            q += 1
+                        if rc:
+                            bad[0] = key
+                            break
+                        t[q] = wrapped[j]
+        free(starts)
+        free(counts)
+        free(ordered)
+        free(moved)
+        free(wrapped)
+        if rc != 0:  # back to empty, as it was
+            memset(t, 0, nb * sizeof(Entry))
+        if rc < 0:
+            raise MemoryError()
+        self.count += n if rc == 0 else 0
+        return rc
+
     def build(self, const int64_t[::1] keys not None):
         """Bulk-insert distinct, absent keys at slots slot_limit, slot_limit + 1, ...
 
-        The fast path for restoring a checkpoint. Keys (with their slots) are
-        first partitioned by the table region they hash to, then inserted one
-        region at a time, so probes hit cache instead of missing on every key.
-        Returns the first slot. Raises ValueError if a key repeats or is
-        already present; the index is then inconsistent and must be discarded
-        (restore does).
+        The fast path for restoring a checkpoint: into an empty index the
+        table is written in bucket order, without probing (see _build_fill);
+        otherwise keys are inserted one by one, with no lookup pass and no
+        free-slot reuse. Returns the first slot. Raises ValueError if a key
+        repeats or is already present: an empty index is then left empty, a
+        non-empty one inconsistent (discard it; restore does).
         """
-        cdef Py_ssize_t n = keys.shape[0], i
-        cdef uint64_t nparts, part, b, nb
-        cdef uint64_t *starts = NULL
-        cdef Entry *buf = NULL
-        cdef int64_t first = self.next_slot, key = 0
-        cdef Entry *t
+        cdef Py_ssize_t n = keys.shape[0], i, j, m
+        cdef int64_t first = self.next_slot, bad = 0
+        cdef uint64_t homes[BLOCK]
         cdef bint dup = False
         if n == 0:
             return first
         self._grow_for(n)
-        nb = self.nbuckets
-        nparts = min(<uint64_t>1024, nb // 4096 + 1)
-        buf = <Entry *>malloc(n * sizeof(Entry))
-        starts = <uint64_t *>malloc((nparts + 1) * sizeof(uint64_t))
-        if buf == NULL or starts == NULL:
-            free(buf)
-            free(starts)
-            raise MemoryError()
-        t = self.table
-        with nogil:
-            for part in range(nparts + 1):
-                starts[part] = 0
-            for i in range(n):
-                b = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i], 0), nb)
-                starts[(b * nparts) // nb + 1] += 1
-            for part in range(nparts):
-                starts[part + 1] += starts[part]
-            for i in range(n):
-                b = eos_ki_range(eos_xxh3_64_u64(<uint64_t>keys[i], 0), nb)
-                part = (b * nparts) // nb
-                buf[starts[part]].key = keys[i]
-                buf[starts[part]].tag = first + i + 1
-                starts[part] += 1
-            for i in range(n):
-                key = buf[i].key
-                b = eos_ki_range(eos_xxh3_64_u64(<uint64_t>key, 0), nb)
-                while t[b].tag != 0:
-                    if t[b].key == key:
-                        dup = True
-                        break
-                    b += 1
-                    if b == nb:
-                        b = 0
-                if dup:
-                    break
-                t[b] = buf[i]
-                self.count += 1
-        free(buf)
-        free(starts)
+        if self.count == 0 and first + n < (<int64_t>1 << 47):
+            dup = self._build_fill(keys, first, &bad)
+        else:
+            with nogil:
+                i = 0
+                while i < n and not dup:
+                    m = self._home_block(keys, i, n, homes)
+                    for j in range(m):
+                        if not self._place(keys[i + j], homes[j], first + i + j):
+                            bad = keys[i + j]
+                            dup = True
+                            break
+                    i += m
         if dup:
-            raise ValueError(f"key {key} repeats or is already indexed")
+            raise ValueError(f"key {bad} repeats or is already indexed")
         self.next_slot = first + n
         return first
 

@@ -173,16 +173,16 @@ class _ColumnsRestorer:
         self._fresh = owner._empty_like(expected)
         self._fresh._restoring = True
         self._in_base = False
-        self._base: list[tuple[I64, list[Array]]] = []  # chunks of the base, not yet loaded
+        self._base_rows = 0  # rows of the base copied in but not yet indexed
 
     def begin_segment(self, base: bool) -> None:
         self._flush()
         self._in_base = base
 
     def _flush(self) -> None:
-        if self._base:
-            parts, self._base = self._base, []
-            self._fresh._load_base(parts)
+        if self._base_rows:
+            rows, self._base_rows = self._base_rows, 0
+            self._fresh._index_base(rows)
 
     def records_dict(self) -> dict[Any, Any] | None:
         return None
@@ -200,7 +200,8 @@ class _ColumnsRestorer:
         ):
             raise CorruptCheckpointError("chunk columns differ from the manifest's")
         if self._in_base:
-            self._base.append((keys, columns))
+            fresh._append_base(self._base_rows, keys, columns)
+            self._base_rows += int(keys.shape[0])
             return
         rows = fresh._rows_for(keys)
         for target, values in zip(fresh._all_columns(), columns, strict=True):
@@ -330,15 +331,19 @@ class ColumnarState:
             self._deleted.append(keys[hit])
         return int(rows.shape[0])
 
-    def _load_base(self, parts: list[tuple[I64, list[Array]]]) -> None:
-        """Append a base segment's rows (distinct keys, none present) in bulk."""
-        n = sum(int(k.shape[0]) for k, _ in parts)
+    def _append_base(self, offset: int, keys: I64, columns: list[Array]) -> None:
+        """Copy a base chunk's rows to rows slot_limit + offset, ... (not indexed yet)."""
+        start = self._index.slot_limit + offset
+        rows = slice(start, start + keys.shape[0])
+        self._ensure(rows.stop)
+        self._keys[rows] = keys
+        for target, values in zip(self._all_columns(), columns, strict=True):
+            target[rows] = values
+
+    def _index_base(self, n: int) -> None:
+        """Index the n rows _append_base copied in (a base segment: distinct keys, none present)."""
         start = self._index.slot_limit
-        self._ensure(start + n)
         rows = slice(start, start + n)
-        np.concatenate([k for k, _ in parts], out=self._keys[rows])
-        for j, target in enumerate(self._all_columns()):
-            np.concatenate([cols[j] for _, cols in parts], out=target[rows])
         try:
             self._index.build(self._keys[rows])
         except ValueError as exc:
