@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.pipeline.chaos_job import SLIDING, TUMBLING
+from tests.pipeline.window_model import window_starts
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 10_000  # events appended before each run
@@ -92,9 +93,10 @@ class Input:
 
 
 def expected(events: list[dict[str, int]], assigner: Any) -> dict[tuple[int, int], list[int]]:
+    """Counts and sums per (key, window start), from the independent window model."""
     out: dict[tuple[int, int], list[int]] = {}
     for e in events:
-        for start in assigner.assign(e["t"]):
+        for start in window_starts(e["t"], assigner.size, assigner.slide, assigner.offset):
             acc = out.setdefault((e["k"], int(start)), [0, 0])
             acc[0] += 1
             acc[1] += e["v"]

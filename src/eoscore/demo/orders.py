@@ -31,10 +31,11 @@ import sqlite3
 import uuid
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from eoscore.pipeline import FileSource, Pipeline, Tumbling, WindowResult
+from eoscore.pipeline import FileSource, Pipeline, Tumbling, WindowResult, count, sum_of
 from eoscore.pipeline.sources import END, ChannelReader, EndOfInput, Source
 from eoscore.runtime import CheckpointConfig
 from eoscore.sinks.files import FileSink
@@ -133,12 +134,8 @@ def generate_orders(settings: DemoSettings) -> tuple[list[list[str]], int]:
     return parts, duplicates
 
 
-def add(acc: list[int], order: Mapping[str, Any]) -> list[int]:
-    return [acc[0] + 1, acc[1] + int(order["amount_cents"])]
-
-
 def to_row(w: WindowResult) -> tuple[str, int, int, int]:
-    return (w.key, int(w.start), w.value[0], w.value[1])
+    return (w.key, int(w.start), w.value["orders"], w.value["total_cents"])
 
 
 def build_pipeline(
@@ -154,9 +151,9 @@ def build_pipeline(
         .map(parse)
         .assign_timestamps(lambda o: o["ts"], out_of_orderness=JITTER)
         .dedup(lambda o: o["order_id"])
-        .key_by(lambda o: o["customer"])
+        .key_by("customer")
         .window(WINDOW)
-        .aggregate(lambda: [0, 0], add)
+        .agg(orders=count(), total_cents=sum_of("amount_cents", "int64"))
     )
     windows.map(to_row).sink(sink)
     if late_sink is not None:
@@ -172,8 +169,10 @@ def expected_totals(orders: Iterable[Mapping[str, Any]]) -> dict[Hashable, Any]:
         if o["order_id"] in seen:
             continue
         seen.add(o["order_id"])
-        (start,) = WINDOW.assign(o["ts"])
-        acc = out.setdefault((o["customer"], int(start)), [0, 0])
+        # Integer milliseconds (ts has three decimals), then whole minutes.
+        ms = int(Decimal(repr(o["ts"])) * 1000)
+        start = ms // 60_000 * 60
+        acc = out.setdefault((o["customer"], start), [0, 0])
         acc[0] += 1
         acc[1] += int(o["amount_cents"])
     return out

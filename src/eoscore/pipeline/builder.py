@@ -15,16 +15,20 @@ Building only records the graph; ``run`` executes it (``eoscore.runtime``).
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Hashable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+from eoscore.pipeline.aggregations import Aggregation
+from eoscore.pipeline.assigners import Assigner, Session, WindowAssigner
+from eoscore.pipeline.dedup import DedupNode
 from eoscore.pipeline.errors import PipelineDefinitionError
+from eoscore.pipeline.eventtime import Unit, duration
 from eoscore.pipeline.operators import (
     AggregateNode,
     CoFunction,
     CoProcessNode,
-    DedupNode,
     FilterNode,
     FlatMapNode,
     MapNode,
@@ -34,10 +38,11 @@ from eoscore.pipeline.operators import (
     TimestampNode,
 )
 from eoscore.pipeline.sources import Source
-from eoscore.pipeline.windows import Assigner, WindowNode, WindowResult
+from eoscore.pipeline.windows import WindowNode, WindowResult
 from eoscore.sinks.two_phase import TwoPhaseSink
 
 if TYPE_CHECKING:
+    from eoscore.pipeline.sessions import SessionNode
     from eoscore.runtime.config import CheckpointConfig
     from eoscore.runtime.executor import RunResult
 
@@ -111,13 +116,19 @@ class Stream(Generic[T]):
 
     def assign_timestamps(
         self,
-        fn: Callable[[T], float],
+        fn: Callable[[T], Any],
         *,
         out_of_orderness: float = 0,
         idle_timeout: float | None = None,
+        unit: Unit = "s",
         name: str | None = None,
     ) -> Stream[T]:
         """Event times from ``fn``; watermark per channel = max time seen - ``out_of_orderness``.
+
+        ``fn`` returns a number in ``unit`` (``"s"``, the default, ``"ms"`` or
+        ``"us"``) or a ``datetime``; each batch is converted once to the
+        runtime's int64 microseconds (``eoscore.pipeline.eventtime``).
+        ``out_of_orderness`` is in seconds.
 
         The pipeline's watermark is the minimum over channels, so a channel
         that receives nothing holds every window back. With ``idle_timeout``
@@ -135,9 +146,10 @@ class Stream(Generic[T]):
             raise PipelineDefinitionError(
                 f"idle_timeout must be a positive number of seconds (or None), not {idle_timeout}"
             )
-        node = TimestampNode(
-            self.pipeline._name("timestamps", name), fn, out_of_orderness, idle_timeout
-        )
+        bound = duration(out_of_orderness, "out_of_orderness")
+        if bound < 0:
+            raise PipelineDefinitionError("out_of_orderness must not be negative")
+        node = TimestampNode(self.pipeline._name("timestamps", name), fn, bound, idle_timeout, unit)
         return Stream(self.pipeline, self._then(node))
 
     def dedup(
@@ -161,8 +173,10 @@ class Stream(Generic[T]):
             other.node.connect_to(node)
         return Stream(self.pipeline, node)
 
-    def key_by(self, key: Callable[[T], K]) -> KeyedStream[T, K]:
-        return KeyedStream(self.pipeline, self.node, key)
+    def key_by(self, key: Callable[[T], K] | str | int) -> KeyedStream[T, K]:
+        """Key each record by ``key(record)``, or by ``record[key]`` for a field name/index."""
+        fn = cast("Callable[[T], K]", operator.itemgetter(key) if isinstance(key, (str, int)) else key)
+        return KeyedStream(self.pipeline, self.node, fn)
 
     def sink(self, sink: TwoPhaseSink) -> None:
         """Write to a two-phase sink; output becomes visible at each checkpoint's commit."""
@@ -209,11 +223,49 @@ class KeyedStream(Stream[T], Generic[T, K]):
 
 class WindowedStream(Generic[T, K]):
     def __init__(self, keyed: KeyedStream[T, K], assigner: Assigner, lateness: float) -> None:
-        if lateness < 0:
-            raise PipelineDefinitionError("allowed_lateness must not be negative")
+        if not isinstance(assigner, (WindowAssigner, Session)):
+            raise PipelineDefinitionError(
+                f"window() takes Tumbling, Sliding or Session, not {assigner!r}"
+            )
         self.keyed = keyed
         self.assigner = assigner
-        self.lateness = lateness
+        self.lateness = duration(lateness, "allowed_lateness")
+        if self.lateness < 0:
+            raise PipelineDefinitionError("allowed_lateness must not be negative")
+
+    def _node(self, name: str | None, **how: Any) -> WindowOutput:
+        pipeline = self.keyed.pipeline
+        node: WindowNode | SessionNode
+        if isinstance(self.assigner, Session):
+            from eoscore.pipeline.sessions import SessionNode
+            node = SessionNode(
+                pipeline._name("session", name),
+                self.keyed.key,
+                self.assigner,
+                self.lateness,
+                **how,
+            )
+        else:
+            node = WindowNode(
+                pipeline._name("window", name), self.keyed.key, self.assigner, self.lateness, **how
+            )
+        self.keyed._then(node)
+        pipeline._add(node.late)
+        return WindowOutput(pipeline, node)
+
+    def agg(self, *, name: str | None = None, **aggregations: Aggregation) -> WindowOutput:
+        """Built-in aggregations, folded natively per batch:
+        ``.agg(total=sum_of("amount"), n=count())`` emits
+        ``WindowResult(key, start, end, {"total": ..., "n": ...})``."""
+        if not aggregations:
+            raise PipelineDefinitionError("agg() needs at least one aggregation, e.g. n=count()")
+        for out, spec in aggregations.items():
+            if not isinstance(spec, Aggregation):
+                raise PipelineDefinitionError(
+                    f"agg({out}=...) takes a built-in aggregation (count(), sum_of(...)), "
+                    f"not {spec!r}"
+                )
+        return self._node(name, aggs=dict(aggregations))
 
     def aggregate(
         self,
@@ -221,36 +273,32 @@ class WindowedStream(Generic[T, K]):
         add: Callable[[A, T], A],
         result: Callable[[A], Any] | None = None,
         *,
+        merge: Callable[[A, A], A] | None = None,
         name: str | None = None,
     ) -> WindowOutput:
-        """One ``WindowResult(key, start, end, value)`` per key and window when it fires."""
-        pipeline = self.keyed.pipeline
-        node = WindowNode(
-            pipeline._name("window", name),
-            self.keyed.key,
-            self.assigner,
-            init,
-            add,
-            result,
-            self.lateness,
-        )
-        self.keyed._then(node)
-        pipeline._add(node.late)
-        return WindowOutput(pipeline, node)
+        """One ``WindowResult(key, start, end, value)`` per key and window when it fires.
+
+        ``merge(a, b)`` combines two accumulators; session windows need it.
+        """
+        how: dict[str, Any] = {"init": init, "add": add, "result": result}
+        if isinstance(self.assigner, Session):
+            how["merge"] = merge
+        return self._node(name, **how)
 
     def reduce(self, fn: Callable[[T, T], T], *, name: str | None = None) -> WindowOutput:
-        first: Any = object()
+        def add(acc: list[Any], value: T) -> list[Any]:
+            return [fn(acc[0], value)] if acc else [value]
 
-        def add(acc: Any, value: T) -> Any:
-            return value if acc is first else fn(acc, value)
+        def merge(a: list[Any], b: list[Any]) -> list[Any]:
+            return [fn(a[0], b[0])] if a and b else a or b
 
-        return self.aggregate(lambda: first, add, name=name)
+        return self.aggregate(list, add, lambda acc: acc[0], merge=merge, name=name)
 
 
 class WindowOutput(Stream[WindowResult]):
     """Window results; ``late()`` is the side output of records that came too late."""
 
-    def __init__(self, pipeline: Pipeline, node: WindowNode) -> None:
+    def __init__(self, pipeline: Pipeline, node: WindowNode | SessionNode) -> None:
         super().__init__(pipeline, node)
         self._window = node
 

@@ -1,7 +1,8 @@
 """The operators a pipeline is made of: nodes that take and emit *batches*.
 
 A batch is a list of values and, once timestamps are assigned, a parallel
-list of event times (``None`` before). Each node processes a whole batch
+int64 array of event times in microseconds (``None`` before; see
+``eoscore.pipeline.eventtime``). Each node processes a whole batch
 and hands its output to its downstream nodes; user functions are called per
 record, the runtime's own work is per batch. Stateful nodes keep their state
 in ``eoscore.state`` objects, which the checkpoint coordinator snapshots.
@@ -9,17 +10,19 @@ in ``eoscore.state`` objects, which the checkpoint coordinator snapshots.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from eoscore.dedup import Deduplicator
-from eoscore.state import ValueState
+import numpy as np
+import numpy.typing as npt
+
+from eoscore.pipeline.errors import PipelineError
+from eoscore.pipeline.eventtime import Unit, to_ticks
+from eoscore.state import Snapshottable, ValueState
 
 __all__ = [
     "AggregateNode",
     "CoProcessNode",
-    "DedupNode",
     "FilterNode",
     "FlatMapNode",
     "KeyedAccess",
@@ -31,7 +34,7 @@ __all__ = [
     "TimestampNode",
 ]
 
-Times = list[float] | None
+Times = npt.NDArray[np.int64] | None
 
 
 class RuntimeContext:
@@ -39,7 +42,7 @@ class RuntimeContext:
 
     def __init__(self) -> None:
         self.channel = -1  # index of the channel whose batch is being processed
-        self.observe: Callable[[int, float], None] = lambda channel, mark: None
+        self.observe: Callable[[int, int], None] = lambda channel, mark: None
 
 
 class Node:
@@ -63,11 +66,11 @@ class Node:
     def push(self, values: list[Any], times: Times, port: int = 0) -> None:
         self.emit(values, times)
 
-    def on_watermark(self, mark: float) -> None:
-        """Event time reached ``mark``: no record with an earlier time will come."""
+    def on_watermark(self, mark: int) -> None:
+        """Event time reached ``mark`` (us): no record with an earlier time will come."""
 
-    def states(self) -> dict[str, ValueState]:
-        """State to checkpoint, by a name stable across restarts."""
+    def states(self) -> dict[str, Snapshottable]:
+        """State to checkpoint, by a name stable across restarts (any ``Snapshottable``)."""
         return {}
 
     def before_snapshot(self) -> None:
@@ -105,7 +108,7 @@ class FilterNode(Node):
             self.emit([v for v in values if fn(v)], None)
             return
         keep = [i for i, v in enumerate(values) if fn(v)]
-        self.emit([values[i] for i in keep], [times[i] for i in keep])
+        self.emit([values[i] for i in keep], times[np.asarray(keep, np.int64)])
 
 
 class FlatMapNode(Node):
@@ -122,20 +125,23 @@ class FlatMapNode(Node):
                 out.extend(self.fn(v))
             self.emit(out, None)
             return
-        out_times: list[float] = []
-        for v, t in zip(values, times, strict=True):
+        counts = np.empty(len(values), np.int64)
+        for i, v in enumerate(values):
             before = len(out)
             out.extend(self.fn(v))
-            out_times.extend([t] * (len(out) - before))
-        self.emit(out, out_times)
+            counts[i] = len(out) - before
+        self.emit(out, np.repeat(times, counts))
 
 
 class TimestampNode(Node):
     """Assigns event times and reports the channel's bounded-out-of-orderness watermark.
 
-    ``idle_timeout`` (seconds, or None) is read by the executor: the channels
-    feeding this node are left out of the watermark once they delivered
-    nothing for that long (``Stream.assign_timestamps``).
+    ``fn`` returns a record's time in ``unit`` (seconds by default) or as a
+    ``datetime``; the batch is converted to int64 microseconds at once.
+    ``out_of_orderness_us`` is the watermark's bound. ``idle_timeout``
+    (seconds of processing time, or None) is read by the executor: the
+    channels feeding this node are left out of the watermark once they
+    delivered nothing for that long (``Stream.assign_timestamps``).
     """
 
     kind = "timestamps"
@@ -143,66 +149,26 @@ class TimestampNode(Node):
     def __init__(
         self,
         name: str,
-        fn: Callable[[Any], float],
-        out_of_orderness: float,
+        fn: Callable[[Any], Any],
+        out_of_orderness_us: int,
         idle_timeout: float | None = None,
+        unit: Unit = "s",
     ) -> None:
         super().__init__(name)
         self.fn = fn
-        self.bound = out_of_orderness
+        self.bound = out_of_orderness_us
         self.idle_timeout = idle_timeout
+        self.unit = unit
 
     def push(self, values: list[Any], times: Times, port: int = 0) -> None:
-        stamped = [float(t) for t in map(self.fn, values)]
-        if stamped:
-            self.ctx.observe(self.ctx.channel, max(stamped) - self.bound)
-        self.emit(values, stamped)
-
-
-class DedupNode(Node):
-    """Drops records whose key was seen before (``eoscore.dedup.Deduplicator``, with TTL)."""
-
-    kind = "dedup"
-
-    def __init__(
-        self,
-        name: str,
-        key: Callable[[Any], int | str | bytes],
-        capacity: int,
-        ttl: float | None,
-    ) -> None:
-        super().__init__(name)
-        self.key = key
-        self.capacity = capacity
-        self.ttl = ttl
-        self.dedup = Deduplicator(capacity, ttl=ttl)
-        self.state = ValueState(f"{name}.seen")
-
-    def push(self, values: list[Any], times: Times, port: int = 0) -> None:
-        keys = [self.key(v) for v in values]
-        if self.ttl is not None and times is not None:
-            fresh = self.dedup.check_and_add(keys, times)
-        else:
-            fresh = self.dedup.check_and_add(keys)
-        if fresh.all():
-            self.emit(values, times)
+        if not values:
             return
-        keep = fresh.nonzero()[0].tolist()
-        self.emit([values[i] for i in keep], None if times is None else [times[i] for i in keep])
-
-    def states(self) -> dict[str, ValueState]:
-        return {self.state.name: self.state}
-
-    def before_snapshot(self) -> None:
-        self.state.put("snapshot", self.dedup.snapshot())
-
-    def after_restore(self) -> None:
-        data = self.state.get("snapshot")
-        self.dedup = (
-            Deduplicator.restore(data)
-            if data is not None
-            else Deduplicator(self.capacity, ttl=self.ttl)
-        )
+        try:
+            stamped = to_ticks(list(map(self.fn, values)), self.unit)
+        except PipelineError as exc:
+            raise PipelineError(f"assign_timestamps {self.name!r}: {exc}") from None
+        self.ctx.observe(self.ctx.channel, int(stamped.max()) - self.bound)
+        self.emit(values, stamped)
 
 
 class AggregateNode(Node):
@@ -234,7 +200,7 @@ class AggregateNode(Node):
             out.append((k, acc))
         self.emit(out, times)
 
-    def states(self) -> dict[str, ValueState]:
+    def states(self) -> dict[str, Snapshottable]:
         return {self.state.name: self.state}
 
 
@@ -281,16 +247,15 @@ class CoProcessNode(Node):
     def push(self, values: list[Any], times: Times, port: int = 0) -> None:
         key, fn, access = self.keys[port], self.fns[port], self.access
         out: list[Any] = []
-        out_times: list[float] | None = None if times is None else []
+        counts = np.empty(len(values), np.int64)
         for i, v in enumerate(values):
             access.key = key(v)
             before = len(out)
             out.extend(fn(access, v))
-            if out_times is not None and times is not None:
-                out_times.extend([times[i]] * (len(out) - before))
-        self.emit(out, out_times)
+            counts[i] = len(out) - before
+        self.emit(out, None if times is None else np.repeat(times, counts))
 
-    def states(self) -> dict[str, ValueState]:
+    def states(self) -> dict[str, Snapshottable]:
         return {self.state.name: self.state}
 
 
@@ -314,13 +279,6 @@ class SinkNode(Node):
             else:
                 self.sink.write(values)
 
-    def on_watermark(self, mark: float) -> None:
+    def on_watermark(self, mark: int) -> None:
         if self._watch is not None:
             self._watch(mark)
-
-
-def max_timestamp(end: float) -> float:
-    """The event time given to a window's result: just before its end (Flink: end - 1)."""
-    if isinstance(end, int):
-        return end - 1
-    return math.nextafter(end, -math.inf)

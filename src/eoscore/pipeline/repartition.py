@@ -26,27 +26,28 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
+import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from eoscore.hashing import xxh3_64
 from eoscore.pipeline.errors import PipelineDefinitionError, PipelineError
+from eoscore.pipeline.eventtime import BEFORE_TIME, END_OF_TIME
 from eoscore.pipeline.kafka import KafkaSource, open_partition
 from eoscore.pipeline.operators import Node, Times, TimestampNode
 from eoscore.pipeline.sources import END, ChannelReader, EndOfInput
 from eoscore.sinks.kafka import KafkaSink
-from eoscore.state import ValueState
+from eoscore.state import Snapshottable, ValueState
 
 __all__ = ["Repartition", "RepartitionSink", "RepartitionSource", "Routed"]
 
-#: Header with a record's event time (big-endian float64).
+#: Header with a record's event time (big-endian int64 microseconds).
 TIME_HEADER = "eoscore-t"
-#: Header of a watermark marker: float64 watermark, then the int32 input partitions.
+#: Header of a watermark marker: int64 watermark (us), then the int32 input partitions.
 MARK_HEADER = "eoscore-wm"
 
 
@@ -80,28 +81,28 @@ class Routed(NamedTuple):
 
     partition: int
     value: bytes | None
-    time: float | None
-    mark: float | None = None
+    time: int | None
+    mark: int | None = None
     inputs: tuple[int, ...] = ()
 
 
-def _pack_mark(mark: float, inputs: Sequence[int]) -> bytes:
-    return struct.pack(f">d{len(inputs)}i", mark, *inputs)
+def _pack_mark(mark: int, inputs: Sequence[int]) -> bytes:
+    return struct.pack(f">q{len(inputs)}i", mark, *inputs)
 
 
-def _unpack_mark(data: str | bytes | None) -> tuple[float, tuple[int, ...]]:
+def _unpack_mark(data: str | bytes | None) -> tuple[int, tuple[int, ...]]:
     if not isinstance(data, bytes) or len(data) < 8 or (len(data) - 8) % 4:
         size = len(data) if data is not None else 0
         raise PipelineError(f"malformed watermark marker ({size} bytes)")
     n = (len(data) - 8) // 4
-    mark, *inputs = struct.unpack(f">d{n}i", data)
+    mark, *inputs = struct.unpack(f">q{n}i", data)
     return mark, tuple(inputs)
 
 
-def _unpack_time(data: str | bytes | None) -> float:
+def _unpack_time(data: str | bytes | None) -> int:
     if not isinstance(data, bytes) or len(data) != 8:
         raise PipelineError("malformed event time header on a repartitioned record")
-    return float(struct.unpack(">d", data)[0])
+    return int(struct.unpack(">q", data)[0])
 
 
 class Repartition:
@@ -233,8 +234,8 @@ class RepartitionSink(KafkaSink):
         super().__init__(repartition.bootstrap, repartition.topic, transactional_id, source,
                          name=name, config=config)
         self.repartition = repartition
-        self.watermark = -math.inf
-        self._sent = -math.inf  # the watermark of the last marker written
+        self.watermark = BEFORE_TIME
+        self._sent = BEFORE_TIME  # the watermark of the last marker written
         self._inputs: tuple[int, ...] = ()
 
     def open(self, pipeline: str, worker: str) -> None:
@@ -242,11 +243,11 @@ class RepartitionSink(KafkaSink):
         self._inputs = tuple(self.source.partitions())
         super().open(pipeline, worker)
 
-    def on_watermark(self, mark: float) -> None:
+    def on_watermark(self, mark: int) -> None:
         self.watermark = mark
 
     def write_timed(self, values: Sequence[Any], times: Times) -> None:
-        self.write(list(zip(values, times if times is not None else [None] * len(values),
+        self.write(list(zip(values, times.tolist() if times is not None else [None] * len(values),
                             strict=True)))
 
     def _produce(self, records: Sequence[Any]) -> None:
@@ -256,7 +257,7 @@ class RepartitionSink(KafkaSink):
             key = key_bytes(rep.key(value))
             part = xxh3_64(key) % rep.partitions
             headers: list[tuple[str, str | bytes | None]] | None = (
-                None if t is None else [(TIME_HEADER, struct.pack(">d", t))]
+                None if t is None else [(TIME_HEADER, struct.pack(">q", t))]
             )
             while True:
                 try:
@@ -320,7 +321,7 @@ class _RoutedChannel(ChannelReader):
             if MARK_HEADER in headers:
                 mark, inputs = _unpack_mark(headers[MARK_HEADER])
                 out.append(Routed(self._partition, None, None, mark, inputs))
-                if mark == math.inf:
+                if mark >= END_OF_TIME:
                     self._ended.update(inputs)
                     if self._all_ended():
                         self._reached_end = True  # END answers the next read
@@ -390,20 +391,15 @@ class RepartitionSource(KafkaSource):
     def encode(self, records: Sequence[Any]) -> Any:
         return [
             [r.partition, None if r.value is None else base64.b64encode(r.value).decode("ascii"),
-             r.time, None if r.mark is None else _json_float(r.mark), list(r.inputs)]
+             r.time, r.mark, list(r.inputs)]
             for r in records
         ]
 
     def decode(self, data: Any) -> list[Any]:
         return [
-            Routed(p, None if v is None else base64.b64decode(v), t,
-                   None if m is None else float(m), tuple(i))
+            Routed(p, None if v is None else base64.b64decode(v), t, m, tuple(i))
             for p, v, t, m, i in data
         ]
-
-
-def _json_float(mark: float) -> float | str:
-    return mark if math.isfinite(mark) else str(mark)
 
 
 class RoutedNode(TimestampNode):
@@ -416,15 +412,15 @@ class RoutedNode(TimestampNode):
     kind = "routed"
 
     def __init__(self, name: str, repartition: Repartition) -> None:
-        super().__init__(name, lambda v: 0.0, 0)
+        super().__init__(name, lambda v: 0, 0)
         self.repartition = repartition
         self.state = ValueState(f"{name}.marks")
-        self.marks: dict[int, list[float]] = {}
+        self.marks: dict[int, list[int]] = {}
 
     def push(self, values: list[Any], times: Times, port: int = 0) -> None:
         decode = self.repartition.decode
         out: list[Any] = []
-        out_times: list[float] = []
+        out_times: list[int] = []
         timed = True
         moved: set[int] = set()
         for r in values:
@@ -437,22 +433,22 @@ class RoutedNode(TimestampNode):
                 continue
             marks = self.marks.get(r.partition)
             if marks is None:
-                marks = self.marks[r.partition] = [-math.inf] * self.repartition.upstreams()
+                marks = self.marks[r.partition] = [BEFORE_TIME] * self.repartition.upstreams()
             for i in r.inputs:
                 if 0 <= i < len(marks) and r.mark > marks[i]:
                     marks[i] = r.mark
             moved.add(r.partition)
-        self.emit(out, out_times if timed else None)
+        self.emit(out, np.asarray(out_times, np.int64) if timed else None)
         for part in moved:
             self.state.put(part, tuple(self.marks[part]))  # state values are never mutated
             self.ctx.observe(self.ctx.channel, min(self.marks[part]))
 
-    def states(self) -> dict[str, ValueState]:
+    def states(self) -> dict[str, Snapshottable]:
         return {self.state.name: self.state}
 
     def after_restore(self) -> None:
-        # Inputs added since the checkpoint have not spoken yet: -inf until they do.
+        # Inputs added since the checkpoint have not spoken yet: BEFORE_TIME until they do.
         n = self.repartition.upstreams()
         self.marks = {
-            cast(int, k): [*v, *[-math.inf] * (n - len(v))] for k, v in self.state.items()
+            cast(int, k): [*v, *[BEFORE_TIME] * (n - len(v))] for k, v in self.state.items()
         }

@@ -148,6 +148,8 @@ class CheckpointCoordinator:
             if decided is None or cid > decided:
                 self.store.discard(cid)
         if decided is not None:
+            assert meta is not None
+            _check_format(self.pipeline, decided, meta)
             meta = self.store.restore(decided)
             self.store.complete(decided)  # Step 5 (again, if the crash came before it)
         self.next_id = max([decided or 0, *written, *abort]) + 1
@@ -311,3 +313,22 @@ class CheckpointCoordinator:
 
 def _handles(meta: Mapping[str, Any]) -> Handles:
     return {int(h): dict(s) for h, s in meta.get("handles", {}).items()}
+
+
+#: The layout of operator state and event time that checkpoints are written in.
+#: 1: event time as float seconds (before 0.2); 2: int64 microseconds, native
+#: window state (docs/runtime.md).
+RUNTIME_FORMAT = 2
+
+
+def _check_format(pipeline: str, checkpoint_id: int, meta: Mapping[str, Any]) -> None:
+    """Refuse, before any state is loaded, a checkpoint of another runtime format."""
+    found = meta.get("runtime_format", 1)
+    if found != RUNTIME_FORMAT:
+        raise RecoveryError(
+            f"{pipeline}: checkpoint {checkpoint_id} was written in runtime format {found} "
+            f"(event time as float seconds); this version writes and reads format "
+            f"{RUNTIME_FORMAT} (int64 microseconds, native window state) and cannot resume "
+            "it: finish the job with the version that wrote it, or start from a new state "
+            "directory (the sinks' own recovery still refuses to commit twice)"
+        )

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 from eoscore import failpoints
 from eoscore._native._align import AlignmentBuffer
 from eoscore.pipeline.errors import CheckpointFailureReason, PipelineError
+from eoscore.pipeline.eventtime import BEFORE_TIME, END_OF_TIME, TIME_UNIT
 from eoscore.pipeline.operators import Node, RuntimeContext, TimestampNode
 from eoscore.pipeline.sources import Source
 from eoscore.runtime.channels import Barrier, Batch, ChannelThread, End, Item
 from eoscore.runtime.config import CheckpointConfig
-from eoscore.runtime.coordinator import CheckpointCoordinator, CheckpointStats
+from eoscore.runtime.coordinator import RUNTIME_FORMAT, CheckpointCoordinator, CheckpointStats
 from eoscore.runtime.store import FileCheckpointStore
-from eoscore.state import ValueState
+from eoscore.state import Snapshottable
 
 if TYPE_CHECKING:
     from eoscore.pipeline.builder import Pipeline
@@ -81,7 +82,7 @@ class Executor:
         for node in pipeline.nodes:
             node.ctx = self.ctx
         self.order = _topological(pipeline.nodes)
-        states: dict[str, ValueState] = {}
+        states: dict[str, Snapshottable] = {}
         for node in self.order:
             for name, state in node.states().items():
                 if name in states:
@@ -95,7 +96,7 @@ class Executor:
         self._channel_source: list[tuple[Source, Node]] = []
         self.wakeup = threading.Event()
         self.positions: dict[int, Any] = {}
-        self.watermark = -math.inf
+        self.watermark = BEFORE_TIME  # int64 microseconds (eoscore.pipeline.eventtime)
         self._idleness = False  # some channel has an idle timeout
         self._next_idle_check = 0.0
         self.records_in = 0
@@ -130,7 +131,7 @@ class Executor:
                 self.buffer.set_watermark(i, math.inf)
                 continue
             if self._key(i) in marks:
-                self.buffer.set_watermark(i, float(marks[self._key(i)]))
+                self.buffer.set_watermark(i, _buffer_mark(_mark_from_json(marks[self._key(i)])))
             idle_timeout = timed[id(node)]
             if idle_timeout is not None:
                 self.buffer.set_idle_timeout(i, idle_timeout)
@@ -139,7 +140,7 @@ class Executor:
             node.after_restore()
         # The pipeline's watermark may be above the minimum of the channels' own
         # (idle channels were left out of it): it never goes back, across recovery too.
-        self._advance_watermark(float((meta or {}).get("watermark", -math.inf)))
+        self._advance_watermark(_mark_from_json((meta or {}).get("watermark", BEFORE_TIME)))
         # Unaligned checkpoints: records that were in flight replay first, in order.
         inflight = (meta or {}).get("channel_state", {})
         for i, (source, node) in enumerate(self._channel_source):
@@ -286,13 +287,13 @@ class Executor:
         node.push(records, None)
         self._advance_watermark()
 
-    def _observe(self, channel: int, mark: float) -> None:
+    def _observe(self, channel: int, mark: int) -> None:
         assert self.buffer is not None
-        self.buffer.set_watermark(channel, mark)
+        self.buffer.set_watermark(channel, float(mark))  # exact: |mark| < 2**53
 
-    def _advance_watermark(self, floor: float = -math.inf) -> None:
+    def _advance_watermark(self, floor: int = BEFORE_TIME) -> None:
         assert self.buffer is not None
-        mark = max(self.buffer.watermark(), floor)
+        mark = max(_from_buffer(self.buffer.watermark()), floor)
         if mark > self.watermark:
             self.watermark = mark
             for node in self.order:
@@ -373,16 +374,18 @@ class Executor:
         assert self.buffer is not None
         started = time.monotonic()
         positions: dict[str, dict[str, Any]] = {}
-        marks: dict[str, float | str] = {}
+        marks: dict[str, int] = {}
         for i, ch in enumerate(self.channels):
             source = self._channel_source[i][0].name
             positions.setdefault(source, {})[ch.name] = barrier.get(i, self.positions[i])
-            marks[self._key(i)] = _json_mark(self.buffer.channel_watermark(i))
+            marks[self._key(i)] = _from_buffer(self.buffer.channel_watermark(i))
         for node in self.order:
             node.before_snapshot()
         extra = {
             "watermarks": marks,
-            "watermark": _json_mark(self.watermark),
+            "watermark": self.watermark,
+            "time_unit": TIME_UNIT,
+            "runtime_format": RUNTIME_FORMAT,
             "channel_state": state,
         }
         self.coordinator.snapshot(checkpoint_id, positions, extra)
@@ -401,8 +404,25 @@ class Executor:
             self._handle(i, item)
 
 
-def _json_mark(mark: float) -> float | str:
-    return mark if math.isfinite(mark) else ("inf" if mark > 0 else "-inf")
+def _from_buffer(mark: float) -> int:
+    """A watermark from the alignment buffer (doubles; +-inf at the ends) as an int."""
+    if math.isinf(mark):
+        return END_OF_TIME if mark > 0 else BEFORE_TIME
+    return int(mark)
+
+
+def _buffer_mark(mark: int) -> float:
+    if mark >= END_OF_TIME:
+        return math.inf
+    if mark <= BEFORE_TIME:
+        return -math.inf
+    return float(mark)
+
+
+def _mark_from_json(mark: Any) -> int:
+    if not isinstance(mark, int) or isinstance(mark, bool):
+        raise PipelineError(f"checkpointed watermark {mark!r} is not an integer")
+    return mark
 
 
 def _topological(nodes: list[Node]) -> list[Node]:

@@ -439,6 +439,28 @@ class ColumnarState:
         else:
             scatter_add_f64(target, rows, vals)
 
+    def upsert(self, keys: Any) -> tuple[I64, npt.NDArray[np.bool_]]:
+        """Rows of keys, inserting the missing ones, and which keys were new.
+
+        The rows are dirty (in the next incremental checkpoint) and safe to
+        write through ``column()`` until the next call that inserts or deletes.
+        New rows read zero in every column.
+        """
+        k = _keys(keys)
+        new = self._index.lookup(k) < 0
+        rows = self._rows_for(k)
+        if isinstance(rows, slice):
+            rows = np.arange(rows.start, rows.stop, dtype=np.int64)
+        return rows, new
+
+    def rows_of(self, keys: Any) -> I64:
+        """Rows of keys for reading through ``column()`` (-1 where absent)."""
+        return self._index.lookup(_keys(keys))
+
+    def column(self, name: str) -> Array:
+        """The live array of a column, indexed by row (see ``upsert``)."""
+        return self._column(name)
+
     def set(self, keys: Any, values: Any, column: str | None = None) -> None:
         """col[key] = value for each pair (the last of repeated keys wins)."""
         k = _keys(keys)

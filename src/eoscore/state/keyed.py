@@ -308,6 +308,25 @@ class ValueState(_KeyedState):
         self._data[key] = value
         self._written(key)
 
+    def put_many(self, items: Mapping[Any, Any]) -> None:
+        """``put`` of every pair: one call per batch for operators that fold records."""
+        if self._expiry is not None:
+            for key, value in items.items():
+                self.put(key, value)
+            return
+        for key, value in items.items():
+            check_value(key)
+            check_value(value)
+        if self._cow:
+            for key in items:
+                self._preserve(key)
+        self._data.update(items)
+        self._dirty.update(items)
+
+    def view(self) -> Mapping[Hashable, Any]:
+        """The live values, read-only (no TTL check: for states without TTL)."""
+        return self._data
+
     def items(self) -> list[tuple[Hashable, Any]]:
         """Live (key, value) pairs."""
         self.expire()
