@@ -9,7 +9,6 @@ job is SIGKILLed at the commit steps and at random moments."""
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import time
@@ -22,6 +21,7 @@ import xxhash
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from eoscore.errors import EosError
+from eoscore.pipeline.eventtime import BEFORE_TIME, END_OF_TIME
 from eoscore.pipeline.operators import Node, RuntimeContext
 from eoscore.pipeline.repartition import (
     MARK_HEADER,
@@ -54,7 +54,8 @@ def test_key_bytes_are_stable_and_partitioning_is_xxh3() -> None:
 
 
 def test_markers_round_trip_and_reject_garbage() -> None:
-    for mark, inputs in [(12.5, (0,)), (math.inf, (0, 1, 2, 3)), (-3.0, ())]:
+    for mark, inputs in [(12_500_000, (0,)), (END_OF_TIME, (0, 1, 2, 3)), (-3, ()),
+                         (BEFORE_TIME, (5,))]:
         assert _unpack_mark(_pack_mark(mark, inputs)) == (mark, inputs)
     for bad in [b"", b"\x00" * 7, b"\x00" * 10]:
         with pytest.raises(EosError, match="marker"):
@@ -82,18 +83,18 @@ def test_routed_node_watermark_is_the_slowest_inputs_marker() -> None:
     node.ctx = ctx
     out = _Collect()
     node.connect_to(out)
-    node.push([Routed(1, b'{"v":1}', 10.0), Routed(1, None, None, 50.0, (0, 2))], None)
-    assert out.got == [({"v": 1}, 10.0)]
-    assert seen == [(5, -math.inf)]  # input 1 has not spoken: nothing may fire yet
-    node.push([Routed(1, None, None, 30.0, (1,)), Routed(1, b'{"v":2}', 31.0)], None)
-    assert seen[-1] == (5, 30.0)
-    node.push([Routed(1, None, None, 20.0, (1,))], None)  # an older marker never lowers it
-    assert seen[-1] == (5, 30.0)
+    node.push([Routed(1, b'{"v":1}', 10), Routed(1, None, None, 50, (0, 2))], None)
+    assert out.got == [({"v": 1}, 10)]
+    assert seen == [(5, BEFORE_TIME)]  # input 1 has not spoken: nothing may fire yet
+    node.push([Routed(1, None, None, 30, (1,)), Routed(1, b'{"v":2}', 31)], None)
+    assert seen[-1] == (5, 30)
+    node.push([Routed(1, None, None, 20, (1,))], None)  # an older marker never lowers it
+    assert seen[-1] == (5, 30)
     # The per-input marks are state: a restored node continues from them.
     again = RoutedNode("source-rep", rep)
     again.state = node.state
     again.after_restore()
-    assert again.marks == {1: [50.0, 30.0, 50.0]}
+    assert again.marks == {1: [50, 30, 50]}
 
 
 # ---- on the real broker -------------------------------------------------------------
@@ -169,7 +170,7 @@ def test_repartitioned_window_is_exact_and_topic_holds_each_record_once(
         for key, value, headers in records:
             if MARK_HEADER in headers:
                 mark, inputs = _unpack_mark(headers[MARK_HEADER])
-                if mark == math.inf:
+                if mark == END_OF_TIME:
                     ends[part] += 1
                     assert inputs == tuple(range(INPUT_PARTITIONS))
                 continue

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from eoscore.pipeline import CollectingSink, FileSource, Pipeline, Tumbling
@@ -67,13 +68,13 @@ def test_late_side_output_gets_them_without_a_warning(
 
 
 def test_the_warning_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
-    node = WindowNode("w", lambda v: v, Tumbling(10), lambda: 0, lambda a, v: a + v, None, 0)
-    node.on_watermark(100)
+    node = WindowNode("w", lambda v: v, Tumbling(10), 0, init=lambda: 0, add=lambda a, v: a + v)
+    node.on_watermark(100_000_000)
     with caplog.at_level(logging.WARNING, logger="eoscore.pipeline.windows"):
         for _ in range(50):
-            node.push([1, 2], [1.0, 2.0])
-        node._warned_at -= LATE_WARNING_INTERVAL  # as if the interval had passed
-        node.push([3], [3.0])
+            node.push([1, 2], np.array([1_000_000, 2_000_000]))
+        node.late_out._warned_at -= LATE_WARNING_INTERVAL  # as if the interval had passed
+        node.push([3], np.array([3_000_000]))
     messages = [r.getMessage() for r in caplog.records]
     assert node.late_records == 101
     assert len(messages) == 2

@@ -29,6 +29,12 @@ from eoscore.pipeline.sources import END
 from eoscore.runtime import CheckpointConfig, Executor, RunResult
 from eoscore.runtime.channels import Barrier, Batch
 
+
+def us(seconds: int) -> int:
+    """The runtime's event time unit: microseconds."""
+    return seconds * 1_000_000
+
+
 BOUND = 30.0  # seconds an outcome may take before the test fails (a bug, never a pass)
 
 
@@ -155,7 +161,7 @@ def test_a_silent_channel_holds_windows_back_without_idle_timeout(tmp_path: Path
     wait_for(lambda: ex.records_in == 5, "the records", thread)
     completed = ex.coordinator.stats.completed
     wait_for(lambda: ex.coordinator.stats.completed >= completed + 3, "checkpoints", thread)
-    assert fired == [] and ex.watermark == 3
+    assert fired == [] and ex.watermark == us(3)
     assert ex.buffer is not None and not ex.buffer.is_idle(1)
     feed.end()  # every channel ended: what is left fires
     finish(thread, outcome)
@@ -179,11 +185,11 @@ def test_an_idle_channel_lets_windows_fire_and_counts_again_once_it_resumes(
         tick=lambda: feed.send("a", 25, weight=0),
     )
     assert fired == [(0, 3), (10, 1)]
-    assert ex.watermark == 25  # channel a's alone: b is idle (only a record ends that)
+    assert ex.watermark == us(25)  # channel a's alone: b is idle (only a record ends that)
     assert ex.buffer is not None and ex.buffer.is_idle(1)
     feed.send("b", 15, 27)  # b resumes; 15 is behind the watermark: late
     wait_for(lambda: late_records(p) == 1, "b's records", thread)
-    assert ex.buffer.channel_watermark(1) == 27
+    assert ex.buffer.channel_watermark(1) == us(27)
     feed.send("a", 31)
     feed.end()
     result = finish(thread, outcome)
@@ -225,11 +231,11 @@ def test_idleness_driven_item_by_item(tmp_path: Path) -> None:
     ex._handle(1, Batch(records("b", 3), 1))
     ex._check_idle(100.0)  # starts the clocks
     ex._check_idle(100.5)
-    assert ex.watermark == 3 and fired == []
+    assert ex.watermark == us(3) and fired == []
     ex._handle(0, Batch(records("a", 26), 4))
     ex._check_idle(101.5)  # b silent for its timeout, a delivered
     assert buffer.is_idle(1) and not buffer.is_idle(0)
-    assert ex.watermark == 26 and fired == [(0, 2), (10, 1)]
+    assert ex.watermark == us(26) and fired == [(0, 2), (10, 1)]
 
     # A checkpoint while b is idle: b still delivers its barrier.
     checkpoint_id = ex._trigger()
@@ -239,22 +245,22 @@ def test_idleness_driven_item_by_item(tmp_path: Path) -> None:
     assert ex._align is None
     ex.coordinator.finish()
     meta = ex.store.written()[checkpoint_id]
-    assert meta["watermarks"] == {"feed/a": 26, "feed/b": 3}
-    assert meta["watermark"] == 26  # above the channels' minimum: b was left out
+    assert meta["watermarks"] == {"feed/a": us(26), "feed/b": us(3)}
+    assert meta["watermark"] == us(26)  # above the channels' minimum: b was left out
 
     # b resumes: its watermark counts again, holding a's back.
     ex._handle(1, Batch(records("b", 28), 2))
     assert not buffer.is_idle(1)
     ex._handle(0, Batch(records("a", 60), 5))
-    assert ex.watermark == 28 and fired == [(0, 2), (10, 1)]
+    assert ex.watermark == us(28) and fired == [(0, 2), (10, 1)]
     ex._handle(1, Batch(records("b", 45), 3))
-    assert ex.watermark == 45 and fired[2:] == [(20, 3)]
+    assert ex.watermark == us(45) and fired[2:] == [(20, 3)]
 
     # Both idle: idleness alone does not advance the watermark to a's 60.
     ex._check_idle(102.0)
     ex._check_idle(103.0)
     assert buffer.is_idle(0) and buffer.is_idle(1)
-    assert ex.watermark == 45 and fired[3:] == []
+    assert ex.watermark == us(45) and fired[3:] == []
     ex.coordinator.close()
 
 
@@ -267,7 +273,7 @@ def test_recovery_starts_every_channel_active_from_the_checkpointed_watermark(
     ex._check_idle(0.0)
     ex._handle(0, Batch(records("a", 26), 2))
     ex._check_idle(1.0)  # b idle
-    assert ex.watermark == 26
+    assert ex.watermark == us(26)
     ex._trigger()
     ex._handle(0, Barrier(1, 2))
     ex._handle(1, Barrier(1, 1))
@@ -278,12 +284,12 @@ def test_recovery_starts_every_channel_active_from_the_checkpointed_watermark(
     buffer = again.buffer
     assert buffer is not None
     assert not buffer.is_idle(0) and not buffer.is_idle(1)
-    assert buffer.channel_watermark(1) == 3
-    assert again.watermark == 26  # not the channels' minimum, 3: it never goes back
+    assert buffer.channel_watermark(1) == us(3)
+    assert again.watermark == us(26)  # not the channels' minimum, 3: it never goes back
     again._handle(1, Batch(records("b", 15), 2))
     assert late_records(p) == 1  # behind the restored watermark
     again._handle(0, Batch(records("a", 50), 4))
-    assert again.watermark == 26  # b counts again after recovery
+    assert again.watermark == us(26)  # b counts again after recovery
     assert fired == []  # [0, 10) and [10, 20) fired before the checkpoint
     again.coordinator.close()
 

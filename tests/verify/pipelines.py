@@ -31,6 +31,7 @@ from eoscore.sinks.files import FileSink
 from eoscore.sinks.sql import StandaloneSqlSink
 from eoscore.sinks.two_phase import PreparedHandle, RecoveryPlan, TwoPhaseSink
 from eoscore.verify import DEFAULT_FAILPOINTS, SINK_FAILPOINTS, VerifyTarget
+from tests.pipeline.window_model import window_starts
 
 EVENTS = 300_000
 KEYS = 40
@@ -92,7 +93,8 @@ def reference(events: Iterable[Mapping[str, Any]]) -> dict[Hashable, Any]:
         if e["id"] in seen:
             continue
         seen.add(e["id"])
-        acc = out.setdefault((e["k"], int(WINDOW.assign(e["t"])[0])), [0, 0])
+        (start,) = window_starts(e["t"], WINDOW.size)
+        acc = out.setdefault((e["k"], int(start)), [0, 0])
         acc[0] += 1
         acc[1] += int(e["v"])
     return out

@@ -172,7 +172,8 @@ class _Min(_Sum):
     def py_add(self, acc: Any, value: Any, t: int) -> Any:
         return min(acc, value)
 
-    py_merge = py_add  # type: ignore[assignment]
+    def py_merge(self, a: Any, b: Any) -> Any:
+        return min(a, b)
 
 
 class _Max(_Sum):
@@ -187,7 +188,8 @@ class _Max(_Sum):
     def py_add(self, acc: Any, value: Any, t: int) -> Any:
         return max(acc, value)
 
-    py_merge = py_add  # type: ignore[assignment]
+    def py_merge(self, a: Any, b: Any) -> Any:
+        return max(a, b)
 
 
 class _Mean(Aggregation):

@@ -120,8 +120,10 @@ class Sliding(WindowAssigner):
 class Session:
     """Per-key windows that close after ``gap`` seconds with no record of that key.
 
-    A record at ``t`` opens ``[t, t + gap)``; windows of a key that overlap or
-    touch merge into one. A session fires when the watermark passes its end.
+    A record at ``t`` opens ``[t, t + gap)``; windows of a key that overlap
+    (share a microsecond) merge into one, so records less than ``gap`` apart
+    share a session and a step of ``gap`` or more starts a new one. A session
+    fires when the watermark reaches its end (``eoscore.pipeline.sessions``).
     """
 
     gap: Seconds

@@ -175,7 +175,8 @@ class Stream(Generic[T]):
 
     def key_by(self, key: Callable[[T], K] | str | int) -> KeyedStream[T, K]:
         """Key each record by ``key(record)``, or by ``record[key]`` for a field name/index."""
-        fn = cast("Callable[[T], K]", operator.itemgetter(key) if isinstance(key, (str, int)) else key)
+        getter = operator.itemgetter(key) if isinstance(key, (str, int)) else key
+        fn = cast("Callable[[T], K]", getter)
         return KeyedStream(self.pipeline, self.node, fn)
 
     def sink(self, sink: TwoPhaseSink) -> None:

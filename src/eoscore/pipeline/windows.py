@@ -167,12 +167,21 @@ class WindowNode(Node):
             rows, index, ends = rows[open_], index[open_], ends[open_]
             if not placed.all():
                 late = np.flatnonzero(~placed)
-                self.keyids.forget_unheld(kids[late])
                 self.late_out.send(
                     [values[i] for i in late.tolist()], times[late], self.watermark, self.lateness
                 )
-        if not rows.shape[0]:
-            return
+                if rows.shape[0]:
+                    self._place(values, times, kids, rows, index, ends)
+                # Keys interned only for late records: held by nothing, forgotten.
+                self.keyids.forget_unheld(kids[late])
+                return
+        if rows.shape[0]:
+            self._place(values, times, kids, rows, index, ends)
+
+    def _place(
+        self, values: list[Any], times: I64, kids: I64, rows: I64, index: I64, ends: I64
+    ) -> None:
+        """Fold records ``rows`` into their windows ``index`` (all still open)."""
         self._check_span(index)
         comp = (kids[rows] << 32) | (index & _LOW32)
         slots, new = self.table.upsert(comp)
@@ -264,7 +273,8 @@ class WindowNode(Node):
             ]
             names = [n for n, _ in named]
             columns = [v for _, v in named]
-            values: list[Any] = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+            rows_out = zip(*columns, strict=True)
+            values: list[Any] = [dict(zip(names, row, strict=True)) for row in rows_out]
         else:
             live = self.accs.view()
             values = [live[c] for c in comp.tolist()]

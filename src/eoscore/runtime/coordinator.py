@@ -208,6 +208,7 @@ class CheckpointCoordinator:
         meta = {
             "positions": dict(positions),
             "handles": {str(h): s for h, s in self._uncommitted.items()},
+            "runtime_format": RUNTIME_FORMAT,
             **extra,
         }
         try:

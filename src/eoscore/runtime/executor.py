@@ -26,7 +26,7 @@ from eoscore.pipeline.operators import Node, RuntimeContext, TimestampNode
 from eoscore.pipeline.sources import Source
 from eoscore.runtime.channels import Barrier, Batch, ChannelThread, End, Item
 from eoscore.runtime.config import CheckpointConfig
-from eoscore.runtime.coordinator import RUNTIME_FORMAT, CheckpointCoordinator, CheckpointStats
+from eoscore.runtime.coordinator import CheckpointCoordinator, CheckpointStats
 from eoscore.runtime.store import FileCheckpointStore
 from eoscore.state import Snapshottable
 
@@ -385,7 +385,6 @@ class Executor:
             "watermarks": marks,
             "watermark": self.watermark,
             "time_unit": TIME_UNIT,
-            "runtime_format": RUNTIME_FORMAT,
             "channel_state": state,
         }
         self.coordinator.snapshot(checkpoint_id, positions, extra)
