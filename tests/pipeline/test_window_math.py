@@ -28,6 +28,7 @@ from eoscore.pipeline import (
     sum_of,
 )
 from eoscore.pipeline.eventtime import END_OF_TIME, duration, to_ticks
+from eoscore.pipeline.keyids import IDLE_SLACK
 from eoscore.pipeline.operators import Node
 from eoscore.pipeline.windows import WindowNode
 from tests.pipeline.window_model import exact, window_starts
@@ -246,7 +247,8 @@ def test_a_key_late_and_on_time_in_one_batch_keeps_its_identity() -> None:
     node.on_watermark(END_OF_TIME)
     assert [(r.key, r.start, r.value) for r in out.got] == [("a", 0, [1, 1]), ("b", 20, [1, 2])]
     assert node.late_records == 1
-    assert len(node.keyids) == 0  # every key forgotten once its windows are gone
+    assert node.keyids.forget_unheld() == 2  # a and b: nothing holds them any more
+    assert len(node.keyids) == 0 and len(node.keyids.state) == 0
 
 
 def test_far_apart_windows_are_refused_not_aliased() -> None:
@@ -275,6 +277,11 @@ def test_key_state_is_bounded_by_live_windows() -> None:
         keys = [f"k{second}-{i}" for i in range(1000)]
         node.push([(k, second + 0.5, 1) for k in keys], to_ticks([second + 0.5] * 1000))
         node.on_watermark((second + 1) * 1_000_000)
+        # Keys no window holds are forgotten in bulk: at most ~2x those in use.
+        assert len(node.keyids) <= 2 * 2000 + IDLE_SLACK
     assert len(out.got) == 200_000
-    assert len(node.keyids) == 0 and len(node.table) == 0
+    assert len(node.table) == 0
+    interned = len(node.keyids)
+    assert len(node.keyids.state) == interned
+    assert node.keyids.forget_unheld() == interned  # none is held any more
     assert len(node.keyids.state) == 0

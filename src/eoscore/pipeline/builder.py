@@ -116,7 +116,7 @@ class Stream(Generic[T]):
 
     def assign_timestamps(
         self,
-        fn: Callable[[T], Any],
+        fn: Callable[[T], Any] | str | int,
         *,
         out_of_orderness: float = 0,
         idle_timeout: float | None = None,
@@ -126,7 +126,8 @@ class Stream(Generic[T]):
         """Event times from ``fn``; watermark per channel = max time seen - ``out_of_orderness``.
 
         ``fn`` returns a number in ``unit`` (``"s"``, the default, ``"ms"`` or
-        ``"us"``) or a ``datetime``; each batch is converted once to the
+        ``"us"``) or a ``datetime`` (a field name or index ``f`` means
+        ``record[f]``); each batch is converted once to the
         runtime's int64 microseconds (``eoscore.pipeline.eventtime``).
         ``out_of_orderness`` is in seconds.
 
@@ -149,7 +150,10 @@ class Stream(Generic[T]):
         bound = duration(out_of_orderness, "out_of_orderness")
         if bound < 0:
             raise PipelineDefinitionError("out_of_orderness must not be negative")
-        node = TimestampNode(self.pipeline._name("timestamps", name), fn, bound, idle_timeout, unit)
+        getter = operator.itemgetter(fn) if isinstance(fn, (str, int)) else fn
+        node = TimestampNode(
+            self.pipeline._name("timestamps", name), getter, bound, idle_timeout, unit
+        )
         return Stream(self.pipeline, self._then(node))
 
     def dedup(

@@ -27,6 +27,8 @@ I64 = npt.NDArray[np.int64]
 
 #: Live keys one operator can hold (ids must fit in 31 bits of a composite key).
 MAX_KEYS = 2**31 - 1
+#: Keys held by no entry that may stay interned (more are forgotten in bulk).
+IDLE_SLACK = 4096
 
 
 class KeyIds:
@@ -67,35 +69,33 @@ class KeyIds:
         """One more state entry holds each of ``kids``."""
         scatter_count(self._refs, kids)
 
-    def release(self, kids: I64) -> None:
-        """One state entry fewer holds each of ``kids``; forget keys held by none."""
-        refs = self._refs
-        scatter_sum(refs, kids, np.full(kids.shape[0], -1, np.int64))
-        gone = np.unique(kids[refs[kids] <= 0])
-        if gone.shape[0]:
-            ids, keys, delete = self._ids, self._keys, self.state.delete
-            for kid in gone.tolist():
-                del ids[keys[kid]]
+    def release(self, kids: I64, entries: int) -> None:
+        """One state entry fewer holds each of ``kids``; ``entries`` remain in all.
+
+        A key held by nothing stays interned for a while (keys recur from one
+        window to the next: forgetting and re-interning them would write the
+        key state twice per window). Each held key has an entry, so once the
+        interned keys outnumber ``entries`` twice over (plus ``IDLE_SLACK``),
+        most are unheld and they are forgotten in one pass: amortised O(1)
+        per released key, and at most about twice the keys in use are kept.
+        """
+        scatter_sum(self._refs, kids, np.full(kids.shape[0], -1, np.int64))
+        if len(self._ids) > 2 * entries + IDLE_SLACK:
+            self.forget_unheld()
+
+    def forget_unheld(self) -> int:
+        """Forget every key no entry holds; how many."""
+        limit = len(self._keys)
+        keys, ids, delete, forgotten = self._keys, self._ids, self.state.delete, []
+        for kid in np.flatnonzero(self._refs[:limit] <= 0).tolist():
+            key = keys[kid]
+            if key is not None:
+                del ids[key]
                 keys[kid] = None
                 delete(kid)
-            self._free.extend(gone.tolist())
-
-    def forget_unheld(self, kids: I64 | None = None) -> None:
-        """Forget keys among ``kids`` (default: all) that no entry holds
-        (interned for records that were all late)."""
-        limit = len(self._keys)
-        if kids is None:
-            candidates = np.flatnonzero(self._refs[:limit] == 0)
-        else:
-            candidates = np.unique(kids)
-            candidates = candidates[self._refs[candidates] == 0]
-        for kid in candidates.tolist():
-            key = self._keys[kid]
-            if key is not None and self._ids.get(key) == kid:
-                del self._ids[key]
-                self._keys[kid] = None
-                self.state.delete(kid)
-                self._free.append(kid)
+                forgotten.append(kid)
+        self._free.extend(forgotten)
+        return len(forgotten)
 
     def restore(self, held: I64) -> None:
         """Rebuild from the restored state; ``held``: the key id of every live entry."""

@@ -170,11 +170,6 @@ class WindowNode(Node):
                 self.late_out.send(
                     [values[i] for i in late.tolist()], times[late], self.watermark, self.lateness
                 )
-                if rows.shape[0]:
-                    self._place(values, times, kids, rows, index, ends)
-                # Keys interned only for late records: held by nothing, forgotten.
-                self.keyids.forget_unheld(kids[late])
-                return
         if rows.shape[0]:
             self._place(values, times, kids, rows, index, ends)
 
@@ -316,7 +311,7 @@ class WindowNode(Node):
             delete = self.accs.delete
             for c in comp.tolist():
                 delete(c)
-        self.keyids.release(comp >> 32)
+        self.keyids.release(comp >> 32, len(self.table))
         if self._members and w == self._lo:
             self._lo = min(self._members)
 

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
+
 from eoscore import failpoints
 from eoscore.sinks.errors import SinkConfigError, SinkRecoveryError, SinkStateError, SinkWriteError
 from eoscore.sinks.two_phase import PreparedHandle, RecoveryPlan, TwoPhaseSink
@@ -37,6 +39,9 @@ from eoscore.sinks.two_phase import PreparedHandle, RecoveryPlan, TwoPhaseSink
 __all__ = ["FileSink"]
 
 FORMATS = {"ndjson": "ndjson", "csv": "csv"}
+#: NDJSON lines of a batch; what it cannot encode (ints beyond 64 bits, say)
+#: goes through ``json.dumps`` record by record.
+_LINES = msgspec.json.Encoder()
 _STAGED = re.compile(r"^(\d{12})-(\d{6})\.")
 
 
@@ -139,6 +144,10 @@ class FileSink(TwoPhaseSink):
 
     def _encode(self, records: Sequence[Any], n: int) -> bytes:
         if self.format == "ndjson":
+            try:  # the whole batch in one call (msgspec); json names a bad record
+                return _LINES.encode_lines(records)
+            except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+                pass
             out = []
             for i, record in enumerate(records):
                 try:
