@@ -182,7 +182,8 @@ def main() -> None:
     )
     bare_s, builtin_s = mean["bare loop, sliding 60/12"], mean["eoscore built-in, sliding 60/12"]
     print()
-    print(f"events/s: bare {1 / bare:,.0f}, generic {1 / generic:,.0f}, built-in {1 / builtin:,.0f}")
+    print(f"events/s: bare {1 / bare:,.0f}, generic {1 / generic:,.0f}, "
+          f"built-in {1 / builtin:,.0f}")
     print(f"generic accumulator vs bare loop:    {bare / generic:.2f}x   (target >= 0.8x)")
     batch = mean["eoscore built-in + batch JSON decode, tumbling"]
     print(f"built-in aggregations vs bare loop:  {bare / builtin:.2f}x   (same json.loads)")

@@ -33,6 +33,8 @@ from eoscore.pipeline import (
     Pipeline,
     Sliding,
     Tumbling,
+    count,
+    sum_of,
 )
 from eoscore.pipeline.sources import END
 from eoscore.runtime import CheckpointConfig
@@ -195,6 +197,12 @@ def build(
     events.window(SLIDING).aggregate(lambda: [0, 0], add).sink(
         FileSink(f"{out_dir}/sliding", name="sliding")
     )
+    # The same windows with built-in aggregations (native state columns), written
+    # in the generic ones' layout so one check covers both.
+    for assigner, name in ((TUMBLING, "tumbling-native"), (SLIDING, "sliding-native")):
+        events.window(assigner).agg(n=count(), s=sum_of("v", "int64")).map(
+            lambda w: [w.key, w.start, w.end, [w.value["n"], w.value["s"]]]
+        ).sink(FileSink(f"{out_dir}/{name}", name=name))
     return p
 
 

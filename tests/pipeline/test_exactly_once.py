@@ -153,7 +153,12 @@ def read_committed(directory: Path) -> list[Any]:
 
 
 def check(out_dir: Path, events: list[dict[str, int]]) -> None:
-    for name, assigner in (("tumbling", TUMBLING), ("sliding", SLIDING)):
+    for name, assigner in (
+        ("tumbling", TUMBLING),
+        ("sliding", SLIDING),
+        ("tumbling-native", TUMBLING),
+        ("sliding-native", SLIDING),
+    ):
         rows = read_committed(out_dir / name)
         keys = Counter((r[0], r[1]) for r in rows)
         duplicates = [k for k, c in keys.items() if c > 1]

@@ -15,10 +15,12 @@ from eoscore.pipeline import (
     FileSource,
     Pipeline,
     PipelineDefinitionError,
+    PipelineError,
     Sliding,
     Tumbling,
     WindowResult,
 )
+from eoscore.pipeline.sources import END
 from eoscore.runtime import CheckpointConfig
 from tests.pipeline.window_model import window_starts
 
@@ -218,3 +220,35 @@ def test_following_pipeline_stops_with_a_final_checkpoint(tmp_path: Path) -> Non
     stop2.set()
     r2 = p2.run(tmp_path / "state", CheckpointConfig(interval=0.05), stop=stop2)
     assert r2.recovered_from is not None and sink2.committed == []
+
+
+def test_file_source_decodes_json_a_read_at_a_time(tmp_path: Path) -> None:
+    rows = [{"k": f"k{i % 7}", "t": i / 10, "v": i} for i in range(5000)]
+    write(tmp_path / "in" / "a.jsonl", rows[:2500])
+    write(tmp_path / "in" / "b.jsonl", rows[2500:])
+    (ch,) = [
+        c
+        for c in FileSource(tmp_path / "in", decode="json", read_bytes=4096).open({})
+        if c.name == "a.jsonl"
+    ]
+    got: list[Any] = []
+    while (batch := ch.read()) is not END:
+        got.extend(batch)
+    ch.close()
+    assert got == rows[:2500]
+    p = Pipeline("decoded")
+    sink = CollectingSink()
+    p.source(FileSource(tmp_path / "in", decode="json")).filter(lambda r: r["v"] % 2).sink(sink)
+    p.run(tmp_path / "state", CheckpointConfig(interval=None))
+    assert sorted(r["v"] for r in sink.committed) == list(range(1, 5000, 2))
+
+
+def test_bad_json_names_the_file_and_offset(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "f.jsonl").write_text('{"a": 1}\n{"a": \n')
+    (ch,) = FileSource(tmp_path / "in", decode="json").open({})
+    with pytest.raises(PipelineError, match=r"f\.jsonl: bad JSON in the lines from byte 0"):
+        ch.read()
+    ch.close()
+    with pytest.raises(PipelineDefinitionError):
+        FileSource(tmp_path / "in", decode="yaml")

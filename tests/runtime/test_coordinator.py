@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from eoscore import failpoints
-from eoscore.pipeline import TooManyCheckpointFailuresError
+from eoscore.pipeline import RecoveryError, TooManyCheckpointFailuresError
 from eoscore.runtime import CheckpointConfig, CheckpointCoordinator, FileCheckpointStore
+from eoscore.runtime.coordinator import RUNTIME_FORMAT
 from eoscore.sinks.two_phase import (
     DecidingSink,
     Decision,
@@ -184,3 +185,23 @@ def test_two_deciding_sinks_are_refused(tmp_path: Path) -> None:
     durable: list[Decision] = []
     with pytest.raises(Exception, match="at most one deciding sink"):
         make(tmp_path, [Decider("x", [], durable), Decider("y", [], durable)])
+
+
+@pytest.mark.parametrize("written", [None, 1, 3])
+def test_a_checkpoint_of_another_runtime_format_is_refused_before_any_state(
+    tmp_path: Path, written: int | None
+) -> None:
+    """Format 1 (float-second event time, before native windows) has no
+    ``runtime_format`` key: its checkpoints are refused by name, never half-read."""
+    coordinator, state = make(tmp_path, [Recorder("a", [])])
+    coordinator.recover()
+    state.put("k", 1)
+    coordinator.snapshot(1, {"src": {"ch": 10}}, {"runtime_format": written})
+    coordinator.finish()
+    coordinator.close()
+    again, restored = make(tmp_path, [Recorder("a", [])])
+    shown = 1 if written is None else written
+    with pytest.raises(RecoveryError, match=f"runtime format {shown}.*format {RUNTIME_FORMAT}"):
+        again.recover()
+    assert restored.get("k") is None  # nothing of it was loaded
+    again.close()

@@ -190,14 +190,18 @@ class AggregateNode(Node):
         self.state = ValueState(f"{name}.acc")
 
     def push(self, values: list[Any], times: Times, port: int = 0) -> None:
-        state, key, add, init = self.state, self.key, self.add, self.init
+        add, init, live = self.add, self.init, self.state.view().get
+        touched: dict[Any, Any] = {}
+        seen = touched.get
         out = []
-        for v in values:
-            k = key(v)
-            acc = state.get(k, _MISSING)
+        for k, v in zip(map(self.key, values), values, strict=True):
+            acc = seen(k, _MISSING)
+            if acc is _MISSING:
+                acc = live(k, _MISSING)
             acc = add(init() if acc is _MISSING else acc, v)
-            state.put(k, acc)
+            touched[k] = acc
             out.append((k, acc))
+        self.state.put_many(touched)  # each key touched written once per batch
         self.emit(out, times)
 
     def states(self) -> dict[str, Snapshottable]:

@@ -324,11 +324,14 @@ RUNTIME_FORMAT = 2
 
 def _check_format(pipeline: str, checkpoint_id: int, meta: Mapping[str, Any]) -> None:
     """Refuse, before any state is loaded, a checkpoint of another runtime format."""
-    found = meta.get("runtime_format", 1)
+    found = meta.get("runtime_format")
+    if found is None:
+        found = 1  # written before the format was recorded
     if found != RUNTIME_FORMAT:
+        what = " (event time as float seconds)" if found == 1 else ""
         raise RecoveryError(
-            f"{pipeline}: checkpoint {checkpoint_id} was written in runtime format {found} "
-            f"(event time as float seconds); this version writes and reads format "
+            f"{pipeline}: checkpoint {checkpoint_id} was written in runtime format {found}"
+            f"{what}; this version writes and reads format "
             f"{RUNTIME_FORMAT} (int64 microseconds, native window state) and cannot resume "
             "it: finish the job with the version that wrote it, or start from a new state "
             "directory (the sinks' own recovery still refuses to commit twice)"
