@@ -11,6 +11,7 @@ __all__ = [
     "CorruptCheckpointError",
     "CorruptSnapshotError",
     "EosError",
+    "RecordTooLargeError",
 ]
 
 
@@ -71,3 +72,40 @@ class CorruptCheckpointError(EosError, ValueError):
 
 class CheckpointNotFoundError(EosError, LookupError):
     """No completed checkpoint with the requested id exists in the storage."""
+
+
+class RecordTooLargeError(EosError, ValueError):
+    """One state entry encodes to more than a checkpoint chunk may hold (64 MiB).
+
+    Retrying cannot help: the entry must be split (several keys), or the data
+    kept in a state that checkpoints in chunks of its own (``ColumnarState``,
+    ``MapState`` per user key, the dedup state). The message names the state
+    and the key, e.g. ``state 'totals' key 'all': one entry encodes to
+    70933247 bytes, over the 67108864-byte chunk limit``.
+    """
+
+    def __init__(
+        self, size: int, limit: int, *, key: object = None, state: str | None = None
+    ) -> None:
+        self.size = size
+        self.limit = limit
+        self.key = key
+        self.state = state
+        where = []
+        if state is not None:
+            where.append(f"state {state!r}")
+        where.append(f"key {_short(key)}")
+        super().__init__(
+            f"{' '.join(where)}: one entry encodes to {size} bytes, over the {limit}-byte "
+            "chunk limit (split it over several keys, or keep it in a chunked state such "
+            "as ColumnarState or MapState)"
+        )
+
+    def for_state(self, state: str) -> RecordTooLargeError:
+        """The same error naming the state (a state already named wins)."""
+        return RecordTooLargeError(self.size, self.limit, key=self.key, state=self.state or state)
+
+
+def _short(key: object) -> str:
+    text = repr(key)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -68,11 +68,11 @@ class Msg:
 
 class SetDedup:
     def __init__(self) -> None:
-        self.seen: set[int] = set()
+        self.seen: set[bytes | str] = set()
 
-    def check_and_add(self, keys: np.ndarray) -> np.ndarray:
-        out = np.array([k not in self.seen for k in keys.tolist()], dtype=bool)
-        self.seen.update(keys.tolist())
+    def check_and_add(self, keys: list[bytes | str]) -> np.ndarray:
+        out = np.array([k not in self.seen for k in keys], dtype=bool)
+        self.seen.update(keys)
         return out
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from eoscore import failpoints
-from eoscore.pipeline import RecoveryError, TooManyCheckpointFailuresError
+from eoscore.errors import RecordTooLargeError
+from eoscore.pipeline import PipelineError, RecoveryError, TooManyCheckpointFailuresError
 from eoscore.runtime import CheckpointConfig, CheckpointCoordinator, FileCheckpointStore
 from eoscore.runtime.coordinator import RUNTIME_FORMAT
 from eoscore.sinks.two_phase import (
@@ -205,3 +206,17 @@ def test_a_checkpoint_of_another_runtime_format_is_refused_before_any_state(
         again.recover()
     assert restored.get("k") is None  # nothing of it was loaded
     again.close()
+
+
+def test_an_entry_too_large_for_a_chunk_fails_at_once_naming_it(tmp_path: Path) -> None:
+    """Retrying cannot shrink it: no tolerable_failures rounds, a clear error."""
+    coordinator, state = make(tmp_path, [Recorder("a", [])], tolerable_failures=5)
+    coordinator.recover()
+    with pytest.raises(RecordTooLargeError, match="state 'counts' key 'blob'"):
+        state.put("blob", b"x" * ((64 << 20) + 1))  # refused where it is written
+    state.put("parts", [b"x" * (1 << 20)] * 70)  # ~70 MiB once encoded: found at the write
+    coordinator.snapshot(1, {"src": {"ch": 1}}, {})
+    with pytest.raises(PipelineError, match=r"checkpoint 1 cannot be written.*'parts'"):
+        coordinator.finish()
+    assert coordinator.stats.failed == 0
+    coordinator.close()

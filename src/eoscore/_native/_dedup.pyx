@@ -291,6 +291,7 @@ cdef class Deduplicator:
             return 0
         if self._mode == MODE_EXACT:
             dropped = self._set._rotate(<uint64_t>steps)
+            self._set._c.jgen = gen
         else:
             for s in range(1, min(steps, self._generations) + 1):
                 bf = self._filters[(self._gen + s) % self._generations]
@@ -444,6 +445,97 @@ cdef class Deduplicator:
                 return len(self._set)
             return self._set._c.counts[<uint8_t>g]
         return (<BloomFilter>self._filters[g % self._generations])._count
+
+    # -- the checkpoint log (eoscore.state.DedupState) ------------------------------------
+    #
+    # With the log on, every key the exact set adds is also written to a journal as
+    # three int64 words: the stored key (a, b: the int or the 128-bit fingerprint), and
+    # generation << 2 | table (0 ints >= 0, 1 negative ints, 2 fingerprints). The
+    # state drains it after each batch; generations never decrease along the log.
+
+    cdef int _exact(self) except -1:
+        self._ready()
+        if self._mode != MODE_EXACT:
+            raise ValueError("the checkpoint log needs an exact-mode Deduplicator")
+        return 0
+
+    def _log_on(self):
+        """Journal every key added from now on."""
+        self._exact()
+        with self._lock:
+            self._set._c.journal = True
+            self._set._c.jgen = self._gen
+
+    def _take_log(self):
+        """The keys added since the last call: an (n, 3) int64 array (a, b, gen << 2 | table)."""
+        self._exact()
+        with self._lock:
+            return self._set._jdrain()
+
+    def _export_log(self):
+        """Every live key in the log's layout, ordered by generation (the oldest first)."""
+        self._exact()
+        with self._lock:
+            rows = self._set._export(self._gen)
+        if rows.shape[0]:
+            rows = rows[np.argsort(rows[:, 2] >> 2, kind="stable")]
+        return rows
+
+    def _control(self):
+        """(seed, has_clock, origin, clock, generation, checked, duplicates, expired)."""
+        self._exact()
+        with self._lock:
+            return (self._set._c.seed, self._has_clock, self._origin, self._clock, self._gen,
+                    self._checked, self._duplicates, self._expired)
+
+    def _key_kinds(self):
+        """(int keys, bytes/str fingerprints) held; exact mode only."""
+        self._exact()
+        cdef ExactKeySet k = self._set
+        return (<Py_ssize_t>(k._c.pos.size + k._c.neg.size + k._c.has_zero),
+                <Py_ssize_t>k._c.fp.size)
+
+    @property
+    def _generation(self):
+        """Index of the current generation (0 without ttl)."""
+        return self._gen
+
+    @classmethod
+    def _from_control(cls, capacity, ttl, generations, control, expected=0):
+        """An empty exact deduplicator with the given settings and clock (see _control)."""
+        seed, has_clock, origin, clock, gen, checked, duplicates, expired = control
+        capacity = _check_capacity(capacity)
+        ttl_value = _check_ttl(ttl)
+        generations = _check_generations(generations) if ttl_value is not None else 1
+        if not (0 <= seed < 2 ** 64 and 0 <= gen < 2 ** 60 and 0 <= duplicates <= checked
+                and 0 <= expired and math.isfinite(origin) and math.isfinite(clock)
+                and (gen == 0 or ttl_value is not None)):
+            raise ValueError("invalid deduplicator state")
+        cdef Deduplicator d = cls.__new__(cls)
+        d._setup(MODE_EXACT, max(capacity, expected), 1e-3, ttl_value, generations, seed)
+        d._has_clock = bool(has_clock)
+        d._origin = origin
+        d._clock = clock
+        d._gen = gen
+        d._checked = checked
+        d._duplicates = duplicates
+        d._expired = expired
+        d._set._c.cur_tag = <uint8_t>(gen & 255)
+        d._set._c.jgen = gen
+        return d
+
+    def _load_log(self, a, b, info):
+        """Insert logged keys (int64 arrays); raises ValueError on an invalid or repeated one."""
+        self._exact()
+        cdef int64_t low = self._gen - self._generations + 1 if self._ttl is not None else 0
+        cdef Py_ssize_t bad
+        ca = np.ascontiguousarray(a, np.int64)
+        cb = np.ascontiguousarray(b, np.int64)
+        ci = np.ascontiguousarray(info, np.int64)
+        with self._lock:
+            bad = self._set._load(ca, cb, ci, low, self._gen)
+        if bad >= 0:
+            raise ValueError(f"log entry {bad} is invalid, expired or repeated")
 
     # -- snapshots -----------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 cimport cython
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 
 from eoscore._native._keys cimport Batch
 
@@ -29,6 +29,11 @@ cdef struct Core:
     uint8_t cur_tag      # tag given to keys added now
     uint8_t live         # tags cur_tag - live + 1 .. cur_tag are live
     uint64_t counts[256] # keys per tag (tagged sets)
+    bint journal         # log every key added to jbuf (the Deduplicator's checkpoint log)
+    uint64_t *jbuf       # journal: 3 words per added key: a, b, jgen << 2 | table (0 pos, 1 neg, 2 fp)
+    size_t jlen          # keys in the journal since the last drain
+    size_t jcap          # journal capacity, in keys (reserved before each batch)
+    int64_t jgen         # generation written with each journaled key (set by the owner)
 
 
 cdef class ExactKeySet:
@@ -42,3 +47,8 @@ cdef class ExactKeySet:
     cdef object _batch(self, object keys, int op)
     cdef Py_ssize_t _rotate(self, uint64_t steps) except -1
     cdef bytes _payload(self)
+    cdef int _jreserve(self, size_t more) except -1
+    cdef object _jdrain(self)
+    cdef object _export(self, int64_t gen)
+    cdef Py_ssize_t _load(self, const int64_t[::1] a, const int64_t[::1] b,
+                          const int64_t[::1] info, int64_t low, int64_t high) except -2

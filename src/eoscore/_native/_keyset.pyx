@@ -16,8 +16,8 @@ keep one byte per slot naming the generation that added the key.
 
 cimport cython
 cimport numpy as cnp
-from libc.stdint cimport uint8_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 from eoscore._native._keys cimport (
@@ -29,6 +29,8 @@ from eoscore._native._xxh3 cimport eos_xxh3_64_u64
 
 import os
 import struct
+
+import numpy as np
 
 from eoscore.snapshot_format import PayloadReader, pack, unpack
 
@@ -255,7 +257,19 @@ cdef inline void _prefetch(const Table *t, uint64_t h, int w) noexcept nogil:
 # ----------------------------------------------------------------------------------
 # Key-level operations on a Core.
 
+cdef inline void _jpush(Core *c, uint64_t a, uint64_t b, int table) noexcept nogil:
+    """Log one added key (the caller reserved room: see ExactKeySet._jreserve)."""
+    cdef uint64_t *w
+    if c.jlen < c.jcap:
+        w = c.jbuf + 3 * c.jlen
+        w[0] = a
+        w[1] = b
+        w[2] = (<uint64_t>c.jgen << 2) | <uint64_t>table
+        c.jlen += 1
+
+
 cdef inline int _core_add(Core *c, const Rec *r) noexcept nogil:
+    cdef int res
     if r.kind == KIND_UINT:
         if r.a == 0:
             if c.has_zero:
@@ -263,11 +277,16 @@ cdef inline int _core_add(Core *c, const Rec *r) noexcept nogil:
             c.has_zero = True
             c.zero_tag = c.cur_tag
             c.counts[c.cur_tag] += c.tagged
-            return 1
-        return _add(&c.pos, r.a, 0, r.h, c.cur_tag, 1)
-    if r.kind == KIND_NEG:
-        return _add(&c.neg, r.a, 0, r.h, c.cur_tag, 1)
-    return _add(&c.fp, r.a, r.b, r.h, c.cur_tag, 2)
+            res = 1
+        else:
+            res = _add(&c.pos, r.a, 0, r.h, c.cur_tag, 1)
+    elif r.kind == KIND_NEG:
+        res = _add(&c.neg, r.a, 0, r.h, c.cur_tag, 1)
+    else:
+        res = _add(&c.fp, r.a, r.b, r.h, c.cur_tag, 2)
+    if res == 1 and c.journal:
+        _jpush(c, r.a, r.b, 2 if r.kind >= KIND_BYTES else r.kind)
+    return res
 
 
 cdef inline bint _core_contains(const Core *c, const Rec *r) noexcept nogil:
@@ -500,6 +519,8 @@ cdef class ExactKeySet:
         return 0
 
     def __dealloc__(self):
+        free(self._c.jbuf)
+        self._c.jbuf = NULL
         _release(&self._c.pos, 1)
         _release(&self._c.neg, 1)
         _release(&self._c.fp, 2)
@@ -534,6 +555,8 @@ cdef class ExactKeySet:
         cdef Rec r
         cdef int res
         _one_rec(&self._c, key, &r)
+        if self._c.journal:
+            self._jreserve(1)
         if self._busy:
             with self._lock:
                 res = _core_add(&self._c, &r)
@@ -575,6 +598,9 @@ cdef class ExactKeySet:
         cdef Py_ssize_t bad = -1
         cdef Rec *recs
         cdef Core *c = &self._c
+        cdef size_t jmark = c.jlen
+        if c.journal:
+            self._jreserve(<size_t>b.n)
         if b.kind != BATCH_SEQ:
             if b.n >= NOGIL_MIN:
                 with nogil:
@@ -603,6 +629,7 @@ cdef class ExactKeySet:
             finally:
                 free(recs)
         if bad >= 0:
+            c.jlen = jmark
             raise MemoryError("ExactKeySet: cannot grow the table; the batch was not added")
         return 0
 
@@ -661,6 +688,150 @@ cdef class ExactKeySet:
             c.has_zero = False
             c.counts[c.zero_tag] -= 1
         return before - len(self)
+
+    # -- for the Deduplicator: the checkpoint log -------------------------------------
+
+    cdef int _jreserve(self, size_t more) except -1:
+        """Room for ``more`` journaled keys (the caller holds the lock)."""
+        cdef Core *c = &self._c
+        cdef size_t want = c.jlen + more, cap
+        cdef uint64_t *buf
+        if want <= c.jcap:
+            return 0
+        cap = max(want, 2 * c.jcap, <size_t>1024)
+        buf = <uint64_t *>realloc(c.jbuf, cap * 3 * sizeof(uint64_t))
+        if buf == NULL:
+            raise MemoryError(f"ExactKeySet: no memory to log {more} keys")
+        c.jbuf = buf
+        c.jcap = cap
+        return 0
+
+    cdef object _jdrain(self):
+        """The keys journaled since the last drain, as an (n, 3) int64 array; empties it."""
+        cdef Core *c = &self._c
+        cdef size_t n = c.jlen
+        out = np.empty((n, 3), np.int64)
+        if n:
+            memcpy(cnp.PyArray_DATA(out), c.jbuf, n * 3 * sizeof(uint64_t))
+        c.jlen = 0
+        if c.jcap > 1 << 20 and n < c.jcap // 8:   # a huge batch passed: give the memory back
+            free(c.jbuf)
+            c.jbuf = NULL
+            c.jcap = 0
+        return out
+
+    cdef object _export(self, int64_t gen):
+        """Every key as an (n, 3) int64 array in the journal's layout, in slot order.
+
+        ``gen`` is the current generation: a tag t is generation gen - (cur_tag - t) mod 256.
+        """
+        cdef Core *c = &self._c
+        cdef size_t n = len(self), i, j, k = 0
+        cdef size_t sizes[3]
+        cdef int w
+        cdef const Table *t
+        cdef const Table *tables[3]
+        tables[0] = &c.pos
+        tables[1] = &c.neg
+        tables[2] = &c.fp
+        out = np.empty((n, 3), np.int64)
+        cdef uint64_t *o = <uint64_t *>cnp.PyArray_DATA(out)
+        cdef uint8_t tag
+        with nogil:
+            if c.has_zero:
+                tag = c.zero_tag if c.tagged else c.cur_tag
+                o[0] = 0
+                o[1] = 0
+                o[2] = (<uint64_t>(gen - <uint8_t>(c.cur_tag - tag)) << 2)
+                k = 1
+            for j in range(3):
+                t = tables[j]
+                w = 2 if j == 2 else 1
+                if t.slots == NULL:
+                    continue
+                for i in range(t.mask + 1):
+                    if t.slots[i * w] == 0:
+                        continue
+                    tag = t.tags[i] if t.tags != NULL else c.cur_tag
+                    o[3 * k] = t.slots[i * w]
+                    o[3 * k + 1] = t.slots[i * w + 1] if w == 2 else 0
+                    o[3 * k + 2] = ((<uint64_t>(gen - <uint8_t>(c.cur_tag - tag)) << 2)
+                                    | <uint64_t>j)
+                    k += 1
+        return out
+
+    cdef Py_ssize_t _load(self, const int64_t[::1] a, const int64_t[::1] b,
+                          const int64_t[::1] info, int64_t low, int64_t high) except -2:
+        """Insert logged keys (journal layout) whose generations lie in [low, high].
+
+        Returns -1 on success, else the index of the first invalid or repeated entry
+        (the set is then damaged: the caller throws it away). The caller holds the lock.
+        """
+        cdef Core *c = &self._c
+        cdef Py_ssize_t n = a.shape[0], j, bad = -1
+        cdef size_t counts[3]
+        cdef uint64_t x, y, g
+        cdef int64_t gen
+        cdef int table, res = 0
+        cdef Table *t
+        if b.shape[0] != n or info.shape[0] != n:
+            raise ValueError("log columns differ in length")
+        if n == 0:
+            return -1
+        counts[0] = counts[1] = counts[2] = 0
+        with nogil:
+            for j in range(n):
+                table = <int>(<uint64_t>info[j] & 3)
+                if table < 3:
+                    counts[table] += 1
+            for table in range(3):
+                t = &c.pos if table == 0 else (&c.neg if table == 1 else &c.fp)
+                if counts[table] and t.size + counts[table] > t.limit:
+                    if _resize(t, max(_cap_for(t.size + counts[table]), t.init_cap),
+                               2 if table == 2 else 1) < 0:
+                        res = -1
+                        break
+            j = 0
+            while res == 0 and j < n:
+                x = <uint64_t>a[j]
+                y = <uint64_t>b[j]
+                table = <int>(<uint64_t>info[j] & 3)
+                gen = info[j] >> 2
+                if gen < low or gen > high or table == 3 or (table != 2 and y != 0):
+                    bad = j
+                    break
+                g = <uint8_t>gen if c.tagged else c.cur_tag
+                if table == 0 and x == 0:
+                    if c.has_zero:
+                        bad = j
+                        break
+                    c.has_zero = True
+                    c.zero_tag = <uint8_t>g
+                    c.counts[<uint8_t>g] += c.tagged
+                    j += 1
+                    continue
+                if table == 0:
+                    res = _add(&c.pos, x, 0, eos_xxh3_64_u64(x, c.seed), <uint8_t>g, 1)
+                elif table == 1:
+                    if not (x >> 63):
+                        bad = j
+                        break
+                    res = _add(&c.neg, x, 0, eos_xxh3_64_u64(x, c.seed), <uint8_t>g, 1)
+                else:
+                    if x == 0:
+                        bad = j
+                        break
+                    res = _add(&c.fp, x, y, x, <uint8_t>g, 2)
+                if res == 0:
+                    bad = j
+                    break
+                if res < 0:
+                    break
+                res = 0
+                j += 1
+        if res < 0:
+            raise MemoryError("ExactKeySet: out of memory loading keys")
+        return bad
 
     # -- snapshots -------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from eoscore._native._xxh3 cimport eos_xxh3_64
 
 # The value encoding is its own module; these stay importable from here.
 from eoscore._native._valuecodec import check_value, decode_value, encode_value
+from eoscore.errors import RecordTooLargeError
 
 # ---- format constants (docs/checkpoint-format.md, "Chunk header") -------------
 
@@ -317,6 +318,10 @@ cdef class ChunkEncoder:
             except BaseException:
                 self.raw.len = mark
                 raise
+            if self.raw.len - mark > MAX_RAW:
+                size = self.raw.len - mark
+                self.raw.len = mark
+                raise RecordTooLargeError(size, MAX_RAW, key=key)
             count += 1
             if self.raw.len >= <size_t>self.chunk_size:
                 yield self._seal(KIND_RECORDS, count)

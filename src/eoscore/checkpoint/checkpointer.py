@@ -34,9 +34,13 @@ from eoscore._native._statecodec import (
 from eoscore.checkpoint.errors import CorruptCheckpointError
 from eoscore.checkpoint.manifest import Manifest, SegmentRef, StateEntry
 from eoscore.checkpoint.storage import CheckpointStorage
+from eoscore.errors import RecordTooLargeError
 from eoscore.state.base import FrozenState, Snapshottable, StateRestorer
 
 log = logging.getLogger(__name__)
+
+#: Longest delta chain of a state with ``append_only = True`` (see ``_incremental``).
+APPEND_ONLY_CHAIN = 256
 
 __all__ = ["Checkpointer", "CompletedCheckpoint", "PendingCheckpoint", "restore_into"]
 
@@ -114,6 +118,12 @@ class Checkpointer:
         chain = self._chains.get(name)
         if chain is None or chain.meta != meta or chain.state_type != state.state_type:
             return False
+        if getattr(state, "append_only", False):
+            # Its deltas only add entries and drop a prefix, never rewrite one: a
+            # restore reads each entry written once, however long the chain (with a
+            # TTL, expired ones too), so only the chain's length is capped (the
+            # manifest lists every segment).
+            return len(chain.segments) <= APPEND_ONLY_CHAIN
         if len(chain.segments) > self.max_chain:
             return False
         base = chain.segments[0].entries
@@ -194,6 +204,8 @@ class Checkpointer:
                 writer = self.storage.segment_writer(cid, index, name)
                 try:
                     chunks = tuple(writer.write(c) for c in view.chunks(self._encoder))
+                except RecordTooLargeError as exc:
+                    raise exc.for_state(name) from None
                 finally:
                     writer.close()
                     view.release()
@@ -278,7 +290,9 @@ def restore_into(
         if entry is None:
             builders.append((state.restorer(state.describe(), 0), state))
             continue
-        if entry.state_type != state.state_type:
+        if entry.state_type != state.state_type and entry.state_type not in getattr(
+            state, "restores_from", ()
+        ):
             raise ValueError(
                 f"checkpoint {checkpoint_id} holds {name!r} as {entry.state_type} state, "
                 f"not {state.state_type}"

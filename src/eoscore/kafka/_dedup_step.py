@@ -6,6 +6,13 @@ rolled back; the rewound record would then be dropped as a duplicate of itself
 (a loss). So the keys that were new in the open transaction are kept, and on
 abort they move to a replay allowance: the next occurrence of such a key (the
 replayed record) passes once, later ones are duplicates again.
+
+Keys reach the index as they are (bytes or str), so an
+``eoscore.dedup.Deduplicator`` stores them as its seeded 128-bit fingerprints,
+the same as the pipeline's dedup (dedup key format 2). Format 1 passed unseeded
+64-bit xxh3 hashes (ints): about a 2.7% chance of one collision, so one lost
+record, at 10**9 keys, and collisions could be crafted. An index filled in
+format 1 holds int keys and is refused (``DedupKeyFormatError``).
 """
 
 from __future__ import annotations
@@ -16,57 +23,79 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from eoscore.hashing import xxh3_64_many
+from eoscore.errors import EosError
 
-__all__ = ["DedupIndex", "DedupStep", "KeyFunc"]
+__all__ = ["DEDUP_KEY_FORMAT", "DedupIndex", "DedupKeyFormatError", "DedupStep", "KeyFunc"]
 
 KeyFunc = Callable[[Any], "bytes | str"]
 _TP = tuple[str, int]
+#: How keys reach the index: 2 = the keys themselves (1 was their xxh3-64 hash).
+DEDUP_KEY_FORMAT = 2
+
+
+class DedupKeyFormatError(EosError, ValueError):
+    """The dedup index was filled in another dedup key format (see the module doc)."""
 
 
 class DedupIndex(Protocol):
     """What the loop needs of a deduplicator (``eoscore.dedup.Deduplicator``).
 
-    ``check_and_add`` takes the xxh3-64 hashes of a batch's keys as a
-    ``uint64`` array and returns a ``bool`` array, ``True`` where the key is new
+    ``check_and_add`` takes a batch's keys (a list of bytes or str; the
+    index fingerprints them) and returns a ``bool`` array, ``True`` where the key is new
     (first occurrence: keep the record), ``False`` for a repeat; every key is
     remembered afterwards.
     """
 
-    def check_and_add(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]: ...
+    def check_and_add(self, keys: list[bytes | str]) -> npt.NDArray[np.bool_]: ...
+
+
+def _check_format(index: DedupIndex) -> None:
+    kinds = getattr(index, "_key_kinds", None)
+    if kinds is None or getattr(index, "mode", "exact") != "exact":
+        return
+    ints, _ = kinds()
+    if ints:
+        raise DedupKeyFormatError(
+            f"dedup: the index holds {ints} int keys, so it was filled in dedup key format 1 "
+            "(unseeded 64-bit xxh3 hashes of the keys, eoscore before format "
+            f"{DEDUP_KEY_FORMAT}); this version passes the keys themselves (format "
+            f"{DEDUP_KEY_FORMAT}: seeded 128-bit fingerprints), which can never match them. "
+            "Start from an empty Deduplicator (repeats of keys seen before the upgrade "
+            "then pass once)."
+        )
 
 
 class DedupStep:
     def __init__(self, index: DedupIndex, key: KeyFunc) -> None:
+        _check_format(index)
         self._index = index
         self._key = key
-        self._new_in_txn: list[tuple[int, _TP]] = []
-        self._replay: dict[int, _TP] = {}
+        self._new_in_txn: list[tuple[bytes | str, _TP]] = []
+        self._replay: dict[bytes | str, _TP] = {}
 
     def filter(self, messages: Sequence[Any]) -> list[Any]:
         """The messages whose key is new (or a replay after an abort)."""
         if not messages:
             return []
-        hashes = xxh3_64_many([self._key(m) for m in messages])
-        seen = ~np.asarray(self._index.check_and_add(hashes), dtype=bool)
-        # Repeats inside the batch count as duplicates whatever the index says.
-        first = np.zeros(len(hashes), dtype=bool)
-        first[np.unique(hashes, return_index=True)[1]] = True
-        seen |= ~first
-        if not self._replay and not seen.any():
+        keys = [self._key(m) for m in messages]
+        fresh = np.asarray(self._index.check_and_add(keys), dtype=bool).tolist()
+        replay = self._replay
+        if not replay and all(fresh) and len(set(keys)) == len(keys):
             self._new_in_txn.extend(
-                (int(h), (m.topic(), m.partition()))
-                for h, m in zip(hashes.tolist(), messages, strict=True)
+                (k, (m.topic(), m.partition())) for k, m in zip(keys, messages, strict=True)
             )
             return list(messages)
         kept: list[Any] = []
-        replay = self._replay
-        for h, dup, m in zip(hashes.tolist(), seen.tolist(), messages, strict=True):
-            if dup:
-                if h not in replay:
+        in_batch: set[bytes | str] = set()
+        for k, new, m in zip(keys, fresh, messages, strict=True):
+            # Repeats inside the batch count as duplicates whatever the index says.
+            if not new or k in in_batch:
+                if k not in replay:
+                    in_batch.add(k)
                     continue
-                del replay[h]
-            self._new_in_txn.append((h, (m.topic(), m.partition())))
+                del replay[k]
+            in_batch.add(k)
+            self._new_in_txn.append((k, (m.topic(), m.partition())))
             kept.append(m)
         return kept
 
@@ -74,10 +103,10 @@ class DedupStep:
         self._new_in_txn.clear()
 
     def aborted(self) -> None:
-        for h, tp in self._new_in_txn:
-            self._replay[h] = tp
+        for k, tp in self._new_in_txn:
+            self._replay[k] = tp
         self._new_in_txn.clear()
 
     def revoked(self, partitions: set[_TP]) -> None:
         """Replays of revoked partitions happen elsewhere: forget them here."""
-        self._replay = {h: tp for h, tp in self._replay.items() if tp not in partitions}
+        self._replay = {k: tp for k, tp in self._replay.items() if tp not in partitions}

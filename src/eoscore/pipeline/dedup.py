@@ -5,15 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from eoscore.dedup import Deduplicator
+import numpy as np
+
 from eoscore.pipeline.operators import Node, Times
-from eoscore.state import Snapshottable, ValueState
+from eoscore.state import Snapshottable
+from eoscore.state.dedup import DedupState
 
 __all__ = ["DedupNode"]
 
+_US = 1_000_000  # event time inside the pipeline: int64 microseconds
+
 
 class DedupNode(Node):
-    """Drops records whose key was seen before (``eoscore.dedup.Deduplicator``, with TTL)."""
+    """Drops records whose key was seen before (an exact ``Deduplicator``, with TTL).
+
+    ``ttl`` is in seconds (the public API); the state keeps it, and the event
+    times it is given, in microseconds. The keys live in a ``DedupState``
+    ("<name>.seen"), checkpointed incrementally in chunks (docs/dedup.md).
+    """
 
     kind = "dedup"
 
@@ -28,32 +37,23 @@ class DedupNode(Node):
         self.key = key
         self.capacity = capacity
         self.ttl = ttl
-        self.dedup = Deduplicator(capacity, ttl=ttl)
-        self.state = ValueState(f"{name}.seen")
+        self.state = DedupState(
+            f"{name}.seen",
+            capacity,
+            ttl=None if ttl is None else ttl * _US,
+            time_scale=_US,
+        )
 
     def push(self, values: list[Any], times: Times, port: int = 0) -> None:
         keys = [self.key(v) for v in values]
-        if self.ttl is not None and times is not None:
-            fresh = self.dedup.check_and_add(keys, times)
-        else:
-            fresh = self.dedup.check_and_add(keys)
+        fresh = self.state.check_and_add(
+            keys, times if self.ttl is not None and times is not None else None
+        )
         if fresh.all():
             self.emit(values, times)
             return
-        keep = fresh.nonzero()[0]
-        values = [values[i] for i in keep.tolist()]
-        self.emit(values, None if times is None else times[keep])
+        keep = np.flatnonzero(fresh)
+        self.emit([values[i] for i in keep.tolist()], None if times is None else times[keep])
 
     def states(self) -> dict[str, Snapshottable]:
         return {self.state.name: self.state}
-
-    def before_snapshot(self) -> None:
-        self.state.put("snapshot", self.dedup.snapshot())
-
-    def after_restore(self) -> None:
-        data = self.state.get("snapshot")
-        self.dedup = (
-            Deduplicator.restore(data)
-            if data is not None
-            else Deduplicator(self.capacity, ttl=self.ttl)
-        )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eoscore import failpoints
+from eoscore.errors import RecordTooLargeError
 from eoscore.pipeline.errors import (
     CheckpointFailedError,
     CheckpointFailureReason,
@@ -241,6 +242,10 @@ class CheckpointCoordinator:
         n = flight.checkpoint_id
         try:
             flight.write.result()
+        except RecordTooLargeError as exc:
+            self.store.discard(n)
+            # Retrying cannot help: every later checkpoint would hold the same entry.
+            raise PipelineError(f"checkpoint {n} cannot be written: {exc}") from exc
         except Exception as exc:
             self.store.discard(n)
             self._force_full = True

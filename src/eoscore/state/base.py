@@ -65,7 +65,9 @@ class StateRestorer(Protocol):
 class Snapshottable(Protocol):
     """A state the ``Checkpointer`` can snapshot and restore."""
 
-    #: "value", "map" or "columnar" (recorded in the manifest).
+    #: "value", "map", "columnar" or "dedup" (recorded in the manifest). A state
+    #: may also declare ``append_only`` and ``restores_from``
+    #: (docs/checkpoint-format.md, "Incremental checkpoints").
     state_type: str
 
     def __len__(self) -> int: ...

@@ -24,12 +24,19 @@ import numpy.typing as npt
 
 from eoscore._native._statecodec import ChunkEncoder, check_value
 from eoscore.checkpoint.errors import CorruptCheckpointError
+from eoscore.errors import RecordTooLargeError
 from eoscore.state.ttl import CLEANUP_PER_WRITE, Expiry, Ttl
 
 __all__ = ["MapState", "ValueState"]
 
 _MISSING: Any = object()
 _READ_BATCH = 4096  # keys a snapshot reads per step on the checkpoint thread
+
+
+#: The largest entry a checkpoint chunk holds (the codec's limit): a bytes or str
+#: value beyond it is refused at ``put``, where its operator is known; anything
+#: else that encodes too large fails the checkpoint with the same error.
+_MAX_ENTRY = 64 << 20
 
 
 class _FrozenRecords:
@@ -303,6 +310,8 @@ class ValueState(_KeyedState):
     def put(self, key: Hashable, value: Any) -> None:
         check_value(key)
         check_value(value)
+        if isinstance(value, (bytes, str)) and len(value) > _MAX_ENTRY:
+            raise RecordTooLargeError(len(value), _MAX_ENTRY, key=key, state=self.name)
         if self._cow:
             self._preserve(key)
         self._data[key] = value
@@ -317,6 +326,8 @@ class ValueState(_KeyedState):
         for key, value in items.items():
             check_value(key)
             check_value(value)
+            if isinstance(value, (bytes, str)) and len(value) > _MAX_ENTRY:
+                raise RecordTooLargeError(len(value), _MAX_ENTRY, key=key, state=self.name)
         if self._cow:
             for key in items:
                 self._preserve(key)

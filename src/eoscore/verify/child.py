@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from eoscore.pipeline.operators import Node, Times
+from eoscore.pipeline.sessions import SessionNode
 from eoscore.pipeline.sources import ChannelReader, Source
 from eoscore.pipeline.windows import WindowNode
 from eoscore.verify.target import load_target
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipeline.sources[:1] = [
         (_Observed(source, events_path, started), node) for source, node in pipeline.sources[:1]
     ]
-    windows = [n for n in pipeline.nodes if isinstance(n, WindowNode)]
+    windows = [n for n in pipeline.nodes if isinstance(n, (WindowNode, SessionNode))]
     for window in windows:  # appended last: the nodes' names and state stay the same
         counter = _LateCounter(window.name, events_path)
         pipeline.nodes.append(counter)
