@@ -242,13 +242,17 @@ class WindowNode(Node):
         add, init, live = self.add, self.init, accs.view().get
         touched: dict[int, Any] = {}
         seen = touched.get
-        for r, c in zip(rows.tolist(), comp.tolist(), strict=True):
+        if rows.shape[0] == len(values) and self.assigner.per_record == 1:
+            records: Any = values  # rows is 0..n-1: no gather
+        else:
+            records = [values[r] for r in rows.tolist()]
+        for v, c in zip(records, comp.tolist(), strict=True):
             acc = seen(c, _MISSING)
             if acc is _MISSING:
                 acc = live(c, _MISSING)
                 if acc is _MISSING:
                     acc = init()
-            touched[c] = add(acc, values[r])
+            touched[c] = add(acc, v)
         accs.put_many(touched)
 
     # ---- firing ------------------------------------------------------------------
@@ -262,26 +266,34 @@ class WindowNode(Node):
         starts = index * a.slide_us + a.offset_us
         if self.accs is None:
             rows = self.table.rows_of(comp)
-            named = [
-                (out, agg.result(self._cols(out, agg), rows).tolist())
-                for out, agg in self.aggs.items()
+            names = list(self.aggs)
+            columns = [
+                agg.result(self._cols(n, agg), rows).tolist() for n, agg in self.aggs.items()
             ]
-            names = [n for n, _ in named]
-            columns = [v for _, v in named]
-            rows_out = zip(*columns, strict=True)
-            values: list[Any] = [dict(zip(names, row, strict=True)) for row in rows_out]
+            if len(names) == 1:
+                (only,) = names
+                values: list[Any] = [{only: v} for v in columns[0]]
+            else:
+                values = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
         else:
             live = self.accs.view()
             values = [live[c] for c in comp.tolist()]
             if self.result is not None:
                 values = list(map(self.result, values))
-        bounds: dict[int, tuple[int | float, int | float]] = {}
-        out: list[WindowResult] = []
-        for key, s, v in zip(keys, starts.tolist(), values, strict=True):
-            b = bounds.get(s)
-            if b is None:
-                b = bounds[s] = (seconds(s), seconds(s + a.size_us))
-            out.append(WindowResult(key, b[0], b[1], v))
+        make = tuple.__new__  # WindowResult's own __new__ is Python: skip it per row
+        first, last = int(starts[0]), int(starts[-1])
+        out: list[WindowResult]
+        if first == last and (starts == first).all():  # one window (firing): one bound pair
+            b0, b1 = seconds(first), seconds(first + a.size_us)
+            out = [make(WindowResult, (k, b0, b1, v)) for k, v in zip(keys, values, strict=True)]
+        else:
+            bounds: dict[int, tuple[int | float, int | float]] = {}
+            out = []
+            for key, s, v in zip(keys, starts.tolist(), values, strict=True):
+                b = bounds.get(s)
+                if b is None:
+                    b = bounds[s] = (seconds(s), seconds(s + a.size_us))
+                out.append(make(WindowResult, (key, b[0], b[1], v)))
         self.emit(out, starts + (a.size_us - 1))  # event time: just before the end
 
     def on_watermark(self, mark: int) -> None:
