@@ -18,7 +18,7 @@ demo: build
 
 ## test: install everything, start the real services (Kafka, PostgreSQL) and run the whole suite.
 test: build tools
-	$(PY) -m pytest -p no:cacheprovider tests
+	$(PY) -m pytest -p no:cacheprovider --durations=15 tests
 
 # --- pieces ------------------------------------------------------------------
 

@@ -67,11 +67,11 @@ class SetDedup:
     """Model deduplicator: exact, unbounded."""
 
     def __init__(self) -> None:
-        self.seen: set[int] = set()
+        self.seen: set[bytes | str | int] = set()
 
-    def check_and_add(self, keys: np.ndarray) -> np.ndarray:
+    def check_and_add(self, keys: list[bytes | str | int]) -> np.ndarray:
         out = np.empty(len(keys), dtype=bool)
-        for i, k in enumerate(keys.tolist()):
+        for i, k in enumerate(keys):
             out[i] = k not in self.seen
             self.seen.add(k)
         return out

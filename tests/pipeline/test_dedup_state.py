@@ -29,10 +29,12 @@ from tests.pipeline.test_exactly_once import KILLED, read_committed, run_module
 MiB = 1 << 20
 
 
-def build(input_dir: Path | str, out_dir: Path | str, capacity: int = 1 << 16) -> Pipeline:
+def build(
+    input_dir: Path | str, out_dir: Path | str, capacity: int = 1 << 16, follow: bool = False
+) -> Pipeline:
     p = Pipeline("dedup-state")
     (
-        p.source(FileSource(input_dir, pattern="ids-*.txt"))
+        p.source(FileSource(input_dir, pattern="ids-*.txt", follow=follow))
         .dedup(lambda x: x, capacity=capacity, name="seen")
         .sink(FileSink(out_dir, name="out"))
     )
@@ -115,33 +117,46 @@ def test_dedup_output_is_exactly_once_under_sigkill(tmp_path: Path) -> None:
     rng = random.Random(11)
     input_dir, state, out = tmp_path / "in", tmp_path / "state", tmp_path / "out"
     universe = [f"id-{i:07d}" for i in range(120_000)]
+    files = [input_dir / f"ids-{part}.txt" for part in range(3)]
+    for path in files:
+        write_ids(path, [])
     written: list[str] = []
-    for part in range(6):
-        chunk = [
-            rng.choice(universe) if rng.random() < 0.4 else universe[part * 20_000 + j]
-            for j in range(20_000)
-        ]
-        write_ids(input_dir / f"ids-{part}.txt", chunk)
-        written += chunk
+
+    def append() -> None:
+        """New work for the next run: ids (40% repeats) appended to every file."""
+        for path in files:
+            chunk = [
+                rng.choice(universe) if rng.random() < 0.4 else universe[len(written) + j]
+                for j in range(3000)
+            ]
+            with open(path, "a") as f:
+                f.write("".join(i + "\n" for i in chunk))
+            written.extend(chunk)
+
     args = [str(input_dir), str(state), str(out), "0.05"]
-    kills = 0
     plan = [
         ("runtime.mid_snapshot", 2),
         ("runtime.after_pending_write", 3),
         ("runtime.after_decision", 2),
-        ("runtime.after_batch", 40),
+        ("runtime.after_batch", 2),
         ("runtime.after_complete", 4),
         ("runtime.mid_restore", 1),
     ]
+    fired: set[str] = set()
+    killed = 0
+    # Every run but the last follows the files (they never end), so each named
+    # failpoint has work to reach and each random kill finds the job running.
+    job = "tests.pipeline.test_dedup_state"
     for name, at in plan:
-        rc = run_module("tests.pipeline.test_dedup_state", args, f"{name}=kill@{at}", 60)
-        kills += rc == -signal.SIGKILL
-        kills += (
-            run_module("tests.pipeline.test_dedup_state", args, None, rng.uniform(0.3, 1.0))
-            == KILLED
-        )
-    assert run_module("tests.pipeline.test_dedup_state", args, None, 120) == 0
-    assert kills >= 4, kills
+        append()
+        if run_module(job, [*args, "follow"], f"{name}=kill@{at}", 60) == -signal.SIGKILL:
+            fired.add(name)
+        append()
+        killed += run_module(job, [*args, "follow"], None, rng.uniform(0.5, 1.5)) == KILLED
+    append()
+    assert run_module(job, args, None, 120) == 0
+    assert fired == {name for name, _ in plan}, f"never fired: {set(dict(plan)) - fired}"
+    assert killed == len(plan)
     rows = read_committed(out)
     counts = Counter(rows)
     twice = [k for k, c in counts.items() if c > 1]
@@ -151,7 +166,9 @@ def test_dedup_output_is_exactly_once_under_sigkill(tmp_path: Path) -> None:
 
 def main() -> None:
     input_dir, state_dir, out_dir, interval = sys.argv[1:5]
-    result = build(input_dir, out_dir).run(state_dir, CheckpointConfig(interval=float(interval)))
+    follow = sys.argv[5:] == ["follow"]
+    pipeline = build(input_dir, out_dir, follow=follow)
+    result = pipeline.run(state_dir, CheckpointConfig(interval=float(interval)))
     print(json.dumps({"recovered_from": result.recovered_from, "records": result.records_in}))
 
 
