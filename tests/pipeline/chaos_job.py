@@ -199,7 +199,9 @@ def build(
     )
     # The same windows with built-in aggregations (native state columns), written
     # in the generic ones' layout so one check covers both.
-    for assigner, name in ((TUMBLING, "tumbling-native"), (SLIDING, "sliding-native")):
+    # (Sliding windows natively: test_window_math's hypothesis test; kept out of
+    # this run for the suite's time.)
+    for assigner, name in ((TUMBLING, "tumbling-native"),):
         events.window(assigner).agg(n=count(), s=sum_of("v", "int64")).map(
             lambda w: [w.key, w.start, w.end, [w.value["n"], w.value["s"]]]
         ).sink(FileSink(f"{out_dir}/{name}", name=name))

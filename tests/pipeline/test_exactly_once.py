@@ -157,7 +157,6 @@ def check(out_dir: Path, events: list[dict[str, int]]) -> None:
         ("tumbling", TUMBLING),
         ("sliding", SLIDING),
         ("tumbling-native", TUMBLING),
-        ("sliding-native", SLIDING),
     ):
         rows = read_committed(out_dir / name)
         keys = Counter((r[0], r[1]) for r in rows)
