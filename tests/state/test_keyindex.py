@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eoscore._native._keyindex import KeyIndex, scatter_add_f64, scatter_add_i64
+from eoscore._native._aggregate import scatter_sum
+from eoscore._native._keyindex import KeyIndex
 
 ops = st.lists(
     st.tuples(st.sampled_from(["ins", "del", "get", "batch"]), st.integers(-40, 400)),
@@ -133,15 +134,15 @@ def test_build_appends_after_existing_slots() -> None:
 
 def test_scatter_add_sums_duplicates_and_checks_bounds() -> None:
     target = np.zeros(4, np.int64)
-    scatter_add_i64(target, np.array([1, 1, 3], np.int64), np.array([2, 5, 1], np.int64))
+    scatter_sum(target, np.array([1, 1, 3], np.int64), np.array([2, 5, 1], np.int64))
     assert target.tolist() == [0, 7, 0, 1]
     f = np.zeros(2)
-    scatter_add_f64(f, np.array([0, 0], np.int64), np.array([0.5, 0.25]))
+    scatter_sum(f, np.array([0, 0], np.int64), np.array([0.5, 0.25]))
     assert f.tolist() == [0.75, 0.0]
     with pytest.raises(IndexError):
-        scatter_add_i64(target, np.array([4], np.int64), np.array([1], np.int64))
+        scatter_sum(target, np.array([4], np.int64), np.array([1], np.int64))
     with pytest.raises(ValueError):
-        scatter_add_i64(target, np.array([1], np.int64), np.array([1, 2], np.int64))
+        scatter_sum(target, np.array([1], np.int64), np.array([1, 2], np.int64))
 
 
 def test_none_for_typed_arguments() -> None:

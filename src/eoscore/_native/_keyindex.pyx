@@ -497,31 +497,3 @@ cdef class KeyIndex:
                     self.free_slots[self.nfree] = slot
                     self.nfree += 1
         return out
-
-
-def scatter_add_i64(int64_t[::1] target not None, const int64_t[::1] slots not None,
-                    const int64_t[::1] values not None):
-    """target[slots[i]] += values[i] for every i (duplicates add up); no GIL."""
-    cdef Py_ssize_t i, n = slots.shape[0], lim = target.shape[0]
-    if values.shape[0] != n:
-        raise ValueError("slots and values differ in length")
-    with nogil:
-        for i in range(n):
-            if slots[i] < 0 or slots[i] >= lim:
-                with gil:
-                    raise IndexError(f"slot {slots[i]} outside 0..{lim - 1}")
-            target[slots[i]] += values[i]
-
-
-def scatter_add_f64(double[::1] target not None, const int64_t[::1] slots not None,
-                    const double[::1] values not None):
-    """target[slots[i]] += values[i] for every i (duplicates add up); no GIL."""
-    cdef Py_ssize_t i, n = slots.shape[0], lim = target.shape[0]
-    if values.shape[0] != n:
-        raise ValueError("slots and values differ in length")
-    with nogil:
-        for i in range(n):
-            if slots[i] < 0 or slots[i] >= lim:
-                with gil:
-                    raise IndexError(f"slot {slots[i]} outside 0..{lim - 1}")
-            target[slots[i]] += values[i]

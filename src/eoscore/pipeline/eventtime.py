@@ -150,8 +150,11 @@ def _check(ticks: Ticks) -> Ticks:
 
 
 def _out_of_range(arr: npt.NDArray[Any]) -> None:
-    bad = arr[~np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        worst = arr[~np.isfinite(arr)].flat[0]
+    else:
+        worst = arr.flat[int(np.argmax(np.abs(arr.astype(np.float64))))]
     raise PipelineError(
-        f"event time out of range (e.g. {bad.flat[0] if bad.size else arr.flat[0]!r}): "
+        f"event time out of range (e.g. {worst!r}): "
         "times must lie within about 285 years of 1970 (|t| < 2**53 microseconds)"
     )

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from eoscore._native._keyindex import KeyIndex, scatter_add_f64, scatter_add_i64
+from eoscore._native._aggregate import scatter_sum
+from eoscore._native._keyindex import KeyIndex
 from eoscore._native._statecodec import ChunkEncoder
 from eoscore.checkpoint.errors import CorruptCheckpointError
 from eoscore.state.ttl import Clock, Ttl
@@ -434,10 +435,7 @@ class ColumnarState:
             target[rows] += np.asarray(values, target.dtype)
             return
         vals = np.ascontiguousarray(np.broadcast_to(values, k.shape), target.dtype)
-        if target.dtype == np.int64:
-            scatter_add_i64(target, rows, vals)
-        else:
-            scatter_add_f64(target, rows, vals)
+        scatter_sum(target, rows, vals)
 
     def upsert(self, keys: Any) -> tuple[I64, npt.NDArray[np.bool_]]:
         """Rows of keys, inserting the missing ones, and which keys were new.
