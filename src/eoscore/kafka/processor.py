@@ -409,8 +409,12 @@ class ExactlyOnceProcessor:
     def _abort_and_rewind(self, partitions: set[_TP]) -> None:
         """Step A: abort the open transaction, seek ``partitions`` to committed offsets."""
         if self._txn_open:
+            # Short attempts: librdkafka purges only what is queued when abort is
+            # called; records in flight then come back to the retry queue and wait
+            # there (for this very abort) until a later attempt purges them.
             self._retrying(
-                "abort_transaction", lambda: self._producer.abort_transaction(self._op_timeout_s)
+                "abort_transaction",
+                lambda: self._producer.abort_transaction(min(self._op_timeout_s, 1.0)),
             )
             self.metrics.txns_aborted += 1
             self._aborts_in_a_row += 1
