@@ -32,7 +32,7 @@ CHUNK = 500
 PLANS = [
     "",  # random moment (often inside produce: produce dominates the loop)
     "kafka.mid_produce=kill%0.1",
-    "kafka.after_send_offsets=kill%0.8",  # offsets in the transaction, commit not sent
+    "kafka.before_commit=kill%0.8",  # offsets in the transaction, commit not sent
     "kafka.after_produce=kill%0.1",
     "kafka.after_commit=kill%0.3",
 ]
@@ -95,7 +95,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     assert_exactly_once(outputs, (f(v) for _k, v in inputs(0, produced[0])))
     assert sum(deaths.values()) == KILLS
     print("deaths:", deaths, "records:", produced[0])
-    assert deaths.get("kafka.after_send_offsets", 0) >= 1, deaths
+    assert deaths.get("kafka.before_commit", 0) >= 1, deaths
     assert deaths.get("kafka.mid_produce", 0) + deaths.get("random", 0) >= 1, deaths
 
 
@@ -116,7 +116,7 @@ def test_zombie_resumes_after_takeover_and_none_of_its_writes_are_visible(
     }
     # The old instance stops itself with outputs produced and offsets sent,
     # just before commit_transaction: the worst moment to turn zombie.
-    old = spawn_child({**base, "tag": "old"}, "kafka.after_send_offsets=stop@1")
+    old = spawn_child({**base, "tag": "old"}, "kafka.before_commit=stop@1")
     deadline = time.monotonic() + 60
     while process_state(old.pid) != "T":
         assert old.poll() is None, old.communicate()[1][-2000:]

@@ -98,7 +98,7 @@ def test_dedup_step_drops_duplicates_and_replays_after_abort() -> None:
 def test_metrics_percentiles_and_rates() -> None:
     m = ProcessorMetrics(interval_s=1.0)
     for ms in range(1, 101):
-        m.commit_done(ms / 1000)
+        m.txn.commit_done(ms / 1000)
     m.records_in, m.records_out = 500, 400
     assert m.tick(now=m._mark + 0.5) is None  # interval not over yet
     snap = m.tick(now=m._mark + 2.0)

@@ -28,6 +28,7 @@ __all__ = [
     "FatalKafkaError",
     "KafkaProcessorError",
     "ProducerFencedError",
+    "TransactionAbortRequired",
     "TransactionTimeoutError",
     "classify",
 ]
@@ -82,6 +83,14 @@ class KafkaProcessorError(EosError):
     def __init__(self, message: str, kafka_error: Any = None) -> None:
         super().__init__(message)
         self.kafka_error = kafka_error
+
+
+class TransactionAbortRequired(KafkaProcessorError):
+    """The open transaction cannot commit, but aborting it and redoing its inputs can.
+
+    Raised by :class:`eoscore.kafka.txn.TransactionalProducer`; its users abort
+    and rewind (processor, relay) or fail the checkpoint (the pipeline's sink).
+    """
 
 
 class FatalKafkaError(KafkaProcessorError, RuntimeError):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass
+
+from eoscore.kafka.txn import TransactionMetrics
 
 __all__ = ["MetricsSnapshot", "ProcessorMetrics"]
 
@@ -37,18 +38,12 @@ class MetricsSnapshot:
         )
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
-    return sorted_values[index]
-
-
 class ProcessorMetrics:
     """Updated by the processor's thread only; read from anywhere.
 
-    Commit latency is the time of ``send_offsets_to_transaction`` plus
-    ``commit_transaction``; percentiles are over the last ``window`` commits.
+    Transactions are counted by the producer's :class:`TransactionMetrics`
+    (``txn``): commit latency is ``send_offsets_to_transaction`` plus
+    ``commit_transaction``, percentiles over the last ``window`` commits.
     """
 
     def __init__(
@@ -61,10 +56,8 @@ class ProcessorMetrics:
         self.records_in = 0
         self.records_out = 0
         self.duplicates_dropped = 0
-        self.txns_committed = 0
-        self.txns_aborted = 0
         self.rebalances = 0
-        self._latencies: deque[float] = deque(maxlen=window)
+        self.txn = TransactionMetrics(window)
         self._interval_s = interval_s
         self._logger = logger
         now = time.monotonic()
@@ -75,9 +68,13 @@ class ProcessorMetrics:
         self._rate_out = 0.0
         self._last_interval = 0.0
 
-    def commit_done(self, latency_s: float) -> None:
-        self.txns_committed += 1
-        self._latencies.append(latency_s)
+    @property
+    def txns_committed(self) -> int:
+        return self.txn.commits
+
+    @property
+    def txns_aborted(self) -> int:
+        return self.txn.aborts
 
     def tick(self, now: float | None = None) -> MetricsSnapshot | None:
         """Close the interval when it is due: update rates, log one line."""
@@ -95,7 +92,6 @@ class ProcessorMetrics:
         return snap
 
     def snapshot(self) -> MetricsSnapshot:
-        latencies = sorted(self._latencies)
         return MetricsSnapshot(
             records_in=self.records_in,
             records_out=self.records_out,
@@ -105,7 +101,7 @@ class ProcessorMetrics:
             rebalances=self.rebalances,
             records_in_per_s=self._rate_in,
             records_out_per_s=self._rate_out,
-            commit_latency_p50_ms=_percentile(latencies, 0.50) * 1000.0,
-            commit_latency_p99_ms=_percentile(latencies, 0.99) * 1000.0,
+            commit_latency_p50_ms=self.txn.commit_latency_ms(0.50),
+            commit_latency_p99_ms=self.txn.commit_latency_ms(0.99),
             interval_s=self._last_interval,
         )

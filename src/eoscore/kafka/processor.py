@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple, NoReturn, TypeVar
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -18,26 +18,21 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 
 from eoscore import failpoints
 from eoscore.kafka._dedup_step import DedupIndex, DedupStep, KeyFunc
 from eoscore.kafka.errors import (
-    ErrorAction,
-    FatalKafkaError,
     KafkaProcessorError,
-    ProducerFencedError,
-    TransactionTimeoutError,
-    classify,
+    TransactionAbortRequired,
 )
 from eoscore.kafka.metrics import ProcessorMetrics
+from eoscore.kafka.txn import OutputRecord, TransactionalProducer
 
 __all__ = ["ExactlyOnceProcessor", "OutputRecord", "Transform"]
 
 _log = logging.getLogger("eoscore.kafka")
-_T = TypeVar("_T")
 _TP = tuple[str, int]
 
 # Keys the processor owns: a user value would silently break exactly-once.
@@ -48,25 +43,8 @@ _CONSUMER_FIXED = {
 }
 
 
-class OutputRecord(NamedTuple):
-    """One record for the producer. ``partition=None`` lets the partitioner pick.
-
-    A named tuple: cheap to build once per output record.
-    """
-
-    topic: str
-    value: bytes | str | None
-    key: bytes | str | None = None
-    headers: list[tuple[str, bytes | str | None]] | None = None
-    partition: int | None = None
-
-
 #: Batch of ``confluent_kafka.Message`` (no error, in consume order) -> outputs.
 Transform = Callable[[list[Any]], Iterable[OutputRecord]]
-
-
-class _AbortRequired(Exception):
-    """Internal: the open transaction must be aborted and the input rewound."""
 
 
 class ExactlyOnceProcessor:
@@ -137,7 +115,6 @@ class ExactlyOnceProcessor:
         self._commit_every = commit_every
         self._batch_size = batch_size
         self._poll_timeout_s = poll_timeout_s
-        self._txn_timeout_s = transaction_timeout_ms / 1000.0
         self._op_timeout_s = operation_timeout_s
         self._max_aborts = max_aborts_in_a_row
         self._aborts_in_a_row = 0
@@ -163,20 +140,23 @@ class ExactlyOnceProcessor:
             "transaction.timeout.ms": transaction_timeout_ms,
         }
         self._consumer = Consumer(cconf)
-        self._producer = Producer(pconf)
+        self._txn = TransactionalProducer(
+            pconf,
+            operation_timeout_s=operation_timeout_s,
+            failpoint_prefix="kafka",
+            logger=self._log,
+            metrics=self.metrics.txn,
+        )
 
         self._assigned: set[_TP] = set()
         single = len(self._topics) == 1 and not self._topics[0].startswith("^")  # not a regex
         self._single_topic = self._topics[0] if single else None
         self._rebalanced = True  # the next batch takes the careful path
         self._pending: dict[_TP, int] = {}  # next offset to commit, per partition
-        self._txn_open = False
-        self._txn_started = 0.0
         self._txn_inputs = 0
         self._started = False
         self._stopping = False
         self._closed = False
-        self._dead = False  # fenced or fatal: the producer must not be used again
 
     # --- public ------------------------------------------------------------------
 
@@ -193,7 +173,7 @@ class ExactlyOnceProcessor:
             while not self._stopping and not (until is not None and until()):
                 try:
                     self._iterate()
-                except _AbortRequired as exc:
+                except TransactionAbortRequired as exc:
                     self._log.warning("%s: aborting transaction: %s", self.transactional_id, exc)
                     self._abort_and_rewind(self._assigned)
                     if self._aborts_in_a_row >= self._max_aborts:
@@ -203,10 +183,10 @@ class ExactlyOnceProcessor:
                             "failing (record too large for the output topic? missing ACL?)"
                         ) from exc
                 self.metrics.tick()
-            if self._txn_open:
+            if self._txn.in_transaction:
                 try:
                     self._commit()
-                except _AbortRequired:
+                except TransactionAbortRequired:
                     self._abort_and_rewind(set())
         except BaseException:
             self._fail_close()
@@ -226,11 +206,11 @@ class ExactlyOnceProcessor:
         if self._closed:
             return
         self._closed = True
-        self._dead = True  # a revoke during close must not touch the producer
+        self._txn.dead = True  # a revoke during close must not touch the producer
         try:
             self._consumer.close()
         finally:
-            self._producer.flush(0)
+            self._txn.close()
 
     def __enter__(self) -> ExactlyOnceProcessor:
         return self
@@ -256,9 +236,7 @@ class ExactlyOnceProcessor:
         self._started = True
         # Step 1: claim the transactional id; any older producer with it is fenced
         # and its open transaction aborted by the coordinator.
-        self._retrying(
-            "init_transactions", lambda: self._producer.init_transactions(self._op_timeout_s)
-        )
+        self._txn.init()
         # Step 2: join the group; positions come from committed offsets.
         self._consumer.subscribe(
             self._topics,
@@ -269,16 +247,17 @@ class ExactlyOnceProcessor:
 
     def _iterate(self) -> None:
         timeout = self._poll_timeout_s
-        if self._txn_open:
-            due_in = self._txn_started + self._interval_s - time.monotonic()
+        txn = self._txn
+        if txn.in_transaction:
+            due_in = txn.started + self._interval_s - time.monotonic()
             timeout = max(0.0, min(timeout, due_in))
         # Step 3: consume a batch (rebalance callbacks run inside this call).
         messages = self._consumer.consume(self._batch_size, timeout)
         batch = self._accept(messages) if messages else []
         if batch:
             self._process(batch)
-        if self._txn_open and (
-            time.monotonic() - self._txn_started >= self._interval_s
+        if txn.in_transaction and (
+            time.monotonic() - txn.started >= self._interval_s
             or (self._commit_every is not None and self._txn_inputs >= self._commit_every)
         ):
             self._commit()
@@ -305,7 +284,7 @@ class ExactlyOnceProcessor:
             err = msg.error()
             if err is not None:
                 if err.fatal():
-                    self._raise_fatal(err, "consume")
+                    self._txn.raise_fatal(err, "consume")
                 if err.code() != KafkaError._PARTITION_EOF:
                     self._log.warning("%s: consumer error: %s", self.transactional_id, err)
                 continue
@@ -320,10 +299,7 @@ class ExactlyOnceProcessor:
         self.metrics.records_in += len(batch)
         self._txn_inputs += len(batch)
         # Step 4: open a transaction with the first records after a commit.
-        if not self._txn_open:
-            self._call("begin_transaction", self._producer.begin_transaction)
-            self._txn_open = True
-            self._txn_started = time.monotonic()
+        self._txn.begin()
         # Step 5: drop duplicate inputs (optional).
         if self._dedup is not None:
             kept = self._dedup.filter(batch)
@@ -337,86 +313,33 @@ class ExactlyOnceProcessor:
         self._produce(outputs if isinstance(outputs, list) else list(outputs))
 
     def _produce(self, outputs: list[OutputRecord]) -> None:
+        txn = self._txn
         if failpoints.armed():
             failpoints.hit("kafka.before_produce")
             half = len(outputs) // 2
-            self._produce_all(outputs[:half])
+            txn.produce_all(outputs[:half])
             failpoints.hit("kafka.mid_produce")
-            self._produce_all(outputs[half:])
+            txn.produce_all(outputs[half:])
             failpoints.hit("kafka.after_produce")
         else:
-            self._produce_all(outputs)
-        self._producer.poll(0)
+            txn.produce_all(outputs)
         self.metrics.records_out += len(outputs)
 
-    def _produce_all(self, outputs: list[OutputRecord]) -> None:
-        produce = self._producer.produce
-        for topic, value, key, headers, partition in outputs:
-            try:
-                if headers is None and partition is None:
-                    produce(topic, value, key)  # the common case: no keyword parsing
-                elif partition is None:
-                    produce(topic, value, key, headers=headers)
-                else:
-                    produce(topic, value, key, partition, headers=headers)
-            except BufferError:
-                self._produce_slow(OutputRecord(topic, value, key, headers, partition))
-            except KafkaException as exc:
-                self._handle(exc.args[0], "produce")
-                self._produce_slow(OutputRecord(topic, value, key, headers, partition))
-
-    def _produce_slow(self, rec: OutputRecord) -> None:
-        """Retry one record until the local queue (or a retriable error) lets it in."""
-        while True:
-            self._producer.poll(0.05)  # let deliveries drain
-            try:
-                self._producer.produce(
-                    rec.topic,
-                    rec.value,
-                    rec.key,
-                    -1 if rec.partition is None else rec.partition,
-                    headers=rec.headers,
-                )
-                return
-            except BufferError:
-                continue
-            except KafkaException as exc:
-                self._handle(exc.args[0], "produce")
-
     def _commit(self) -> None:
-        started = time.monotonic()
+        # Steps 8 and 9: the input offsets join the transaction (fenced by the group
+        # generation) and commit atomically with the outputs.
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
-        # Step 8: add the input offsets to the transaction, fenced by group generation.
-        if offsets:
-            self._retrying(
-                "send_offsets_to_transaction",
-                lambda: self._producer.send_offsets_to_transaction(
-                    offsets, self._consumer.consumer_group_metadata(), self._op_timeout_s
-                ),
-            )
-        failpoints.hit("kafka.after_send_offsets")
-        # Step 9: commit outputs and offsets atomically.
-        self._retrying(
-            "commit_transaction", lambda: self._producer.commit_transaction(self._op_timeout_s)
-        )
-        failpoints.hit("kafka.after_commit")
+        metadata = self._consumer.consumer_group_metadata() if offsets else None
+        self._txn.commit(offsets, metadata)
         self._txn_closed()
         self._aborts_in_a_row = 0
         if self._dedup is not None:
             self._dedup.committed()
-        self.metrics.commit_done(time.monotonic() - started)
 
     def _abort_and_rewind(self, partitions: set[_TP]) -> None:
         """Step A: abort the open transaction, seek ``partitions`` to committed offsets."""
-        if self._txn_open:
-            # Short attempts: librdkafka purges only what is queued when abort is
-            # called; records in flight then come back to the retry queue and wait
-            # there (for this very abort) until a later attempt purges them.
-            self._retrying(
-                "abort_transaction",
-                lambda: self._producer.abort_transaction(min(self._op_timeout_s, 1.0)),
-            )
-            self.metrics.txns_aborted += 1
+        if self._txn.in_transaction:
+            self._txn.abort()
             self._aborts_in_a_row += 1
         self._txn_closed()
         if self._dedup is not None:
@@ -424,15 +347,29 @@ class ExactlyOnceProcessor:
         if not partitions:
             return
         tps = [TopicPartition(t, p) for t, p in sorted(partitions)]
-        committed = self._retrying(
-            "committed", lambda: self._consumer.committed(tps, self._op_timeout_s)
-        )
-        for tp in committed:
+        for tp in self._committed(tps):
             offset = tp.offset if tp.offset >= 0 else self._reset_to
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
+    def _committed(self, tps: list[Any]) -> list[Any]:
+        """The group's committed offsets, asked again while the coordinator moves."""
+        deadline = time.monotonic() + self._op_timeout_s
+        while True:
+            try:
+                return list(self._consumer.committed(tps, self._op_timeout_s))
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    self._txn.raise_fatal(err, "committed")
+                if not err.retriable() or time.monotonic() > deadline:
+                    raise KafkaProcessorError(
+                        f"{self.transactional_id}: reading committed offsets failed: "
+                        f"{err.str()}",
+                        err,
+                    ) from exc
+                time.sleep(0.1)
+
     def _txn_closed(self) -> None:
-        self._txn_open = False
         self._txn_inputs = 0
         self._pending.clear()
 
@@ -450,10 +387,10 @@ class ExactlyOnceProcessor:
         # Step R: the partitions go after this returns; their progress must be
         # committed (or aborted and forgotten) first.
         revoked = {(tp.topic, tp.partition) for tp in partitions}
-        if not self._dead and self._txn_open:
+        if not self._txn.dead and self._txn.in_transaction:
             try:
                 self._commit()
-            except _AbortRequired as exc:
+            except TransactionAbortRequired as exc:
                 self._log.warning("%s: abort on revoke: %s", self.transactional_id, exc)
                 self._abort_and_rewind(self._assigned - revoked)
         self._forget(revoked)
@@ -461,7 +398,7 @@ class ExactlyOnceProcessor:
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         # The group moved on without us: our offsets can no longer be committed.
         lost = {(tp.topic, tp.partition) for tp in partitions}
-        if not self._dead and self._txn_open:
+        if not self._txn.dead and self._txn.in_transaction:
             self._log.warning("%s: partitions lost, aborting", self.transactional_id)
             self._abort_and_rewind(self._assigned - lost)
         self._forget(lost)
@@ -474,88 +411,11 @@ class ExactlyOnceProcessor:
         if self._dedup is not None:
             self._dedup.revoked(partitions)
 
-    # --- errors --------------------------------------------------------------------
-
-    def _call(self, op: str, fn: Callable[[], _T]) -> _T:
-        try:
-            return fn()
-        except KafkaException as exc:
-            self._handle(exc.args[0], op)
-            raise  # _handle returns only for RETRY; here that is the caller's job
-
-    def _retrying(self, op: str, fn: Callable[[], _T]) -> _T:
-        """Call ``fn``, repeating it on retriable errors for ``operation_timeout_s``."""
-        deadline = time.monotonic() + self._op_timeout_s
-        delay = 0.05
-        while True:
-            try:
-                return fn()
-            except KafkaException as exc:
-                err = exc.args[0]
-                self._handle(err, op)
-                if time.monotonic() > deadline:
-                    if op in ("send_offsets_to_transaction", "commit_transaction"):
-                        raise _AbortRequired(f"{op} kept failing: {err}") from exc
-                    raise KafkaProcessorError(
-                        f"{self.transactional_id}: {op} still failing after "
-                        f"{self._op_timeout_s:.0f}s: {err.str()}",
-                        err,
-                    ) from exc
-                self._log.info("%s: %s: retriable, retrying: %s", self.transactional_id, op, err)
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-
-    def _handle(self, err: Any, op: str) -> None:
-        """Return for RETRY; raise for every other action."""
-        action = classify(err)
-        if action is ErrorAction.RETRY:
-            return
-        if action is ErrorAction.ERROR and err.code() == KafkaError._STATE and self._txn_open:
-            # produce() refuses with _STATE once an earlier delivery failure put the
-            # transaction in its abortable-error state. Abort; if the state is
-            # really fatal, abort_transaction raises that fatal error.
-            raise _AbortRequired(f"{op}: {err.str()} (transaction in error state)")
-        if action is ErrorAction.ABORT:
-            raise _AbortRequired(f"{op}: {err.str()}")
-        if action in (ErrorAction.FENCED, ErrorAction.FATAL):
-            self._raise_fatal(err, op)
-        raise KafkaProcessorError(f"{self.transactional_id}: {op} failed: {err.str()}", err)
-
-    def _raise_fatal(self, err: Any, op: str) -> NoReturn:
-        self._dead = True
-        if classify(err) is ErrorAction.FENCED:
-            age = time.monotonic() - self._txn_started
-            if self._txn_open and age >= self._txn_timeout_s:
-                raise TransactionTimeoutError(
-                    f"transactional.id {self.transactional_id!r}: the transaction was open "
-                    f"{age:.1f}s, longer than transaction.timeout.ms "
-                    f"({self._txn_timeout_s * 1000:.0f}); the coordinator aborted it ({op}: "
-                    f"{err.str()}). Restart to resume from committed offsets; raise "
-                    "transaction_timeout_ms if batches are that slow",
-                    err,
-                )
-            raise ProducerFencedError(
-                f"transactional.id {self.transactional_id!r}: another instance with this id "
-                f"took over ({op}: {err.str()}); this one stopped and none of its "
-                "uncommitted writes will be visible",
-                err,
-            )
-        raise FatalKafkaError(
-            f"transactional.id {self.transactional_id!r}: fatal Kafka error in {op}: "
-            f"{err.str()}; restart the process",
-            err,
-        )
-
     def _fail_close(self) -> None:
         """Close after an exception: abort if the producer is usable, else leave it."""
-        if not self._dead and self._txn_open:
-            try:
-                self._producer.abort_transaction(min(self._op_timeout_s, 5.0))
-                self.metrics.txns_aborted += 1
-            except KafkaException as exc:
-                self._log.warning("%s: abort while failing: %s", self.transactional_id, exc)
         self._txn_closed()
         try:
+            self._txn.close()  # aborts what is open unless the producer is dead
             self.close()
         except KafkaException as exc:
             self._log.warning("%s: close while failing: %s", self.transactional_id, exc)
