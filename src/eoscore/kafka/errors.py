@@ -2,7 +2,8 @@
 
 Every librdkafka error the loop meets goes through :func:`classify` once:
 
-* ``RETRY``: the same call is repeated (``retriable()``).
+* ``RETRY``: the same call is repeated (``retriable()``, or a coordinator
+  that is moving or loading).
 * ``ABORT``: the transaction is aborted and every assigned partition is rewound to
   its committed offset (``txn_requires_abort()``); processing goes on.
 * ``FENCED``: another producer with our ``transactional.id`` bumped the epoch, or
@@ -45,6 +46,19 @@ _FENCED_CODES = frozenset(
 )
 
 
+# Codes librdkafka does not always flag retriable() although asking again is right:
+# the coordinator is moving or loading, or the request timed out on the way.
+_TRANSIENT_CODES = frozenset(
+    {
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
 class ErrorAction(enum.Enum):
     """What the loop does about one librdkafka error."""
 
@@ -68,7 +82,7 @@ def classify(error: Any) -> ErrorAction:
         return ErrorAction.FATAL
     if error.txn_requires_abort():
         return ErrorAction.ABORT
-    if error.retriable():
+    if error.retriable() or error.code() in _TRANSIENT_CODES:
         return ErrorAction.RETRY
     return ErrorAction.ERROR
 

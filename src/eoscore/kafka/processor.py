@@ -24,8 +24,10 @@ from confluent_kafka import (
 from eoscore import failpoints
 from eoscore.kafka._dedup_step import DedupIndex, DedupStep, KeyFunc
 from eoscore.kafka.errors import (
+    ErrorAction,
     KafkaProcessorError,
     TransactionAbortRequired,
+    classify,
 )
 from eoscore.kafka.metrics import ProcessorMetrics
 from eoscore.kafka.txn import OutputRecord, TransactionalProducer
@@ -359,9 +361,10 @@ class ExactlyOnceProcessor:
                 return list(self._consumer.committed(tps, self._op_timeout_s))
             except KafkaException as exc:
                 err = exc.args[0]
-                if err.fatal():
+                action = classify(err)
+                if action in (ErrorAction.FENCED, ErrorAction.FATAL):
                     self._txn.raise_fatal(err, "committed")
-                if not err.retriable() or time.monotonic() > deadline:
+                if action is not ErrorAction.RETRY or time.monotonic() > deadline:
                     raise KafkaProcessorError(
                         f"{self.transactional_id}: reading committed offsets failed: "
                         f"{err.str()}",

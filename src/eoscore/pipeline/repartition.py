@@ -251,7 +251,7 @@ class RepartitionSink(KafkaSink):
                             strict=True)))
 
     def _produce(self, records: Sequence[Any]) -> None:
-        producer = self._p()
+        txn = self._txn
         rep = self.repartition
         for value, t in records:
             key = key_bytes(rep.key(value))
@@ -259,13 +259,8 @@ class RepartitionSink(KafkaSink):
             headers: list[tuple[str, str | bytes | None]] | None = (
                 None if t is None else [(TIME_HEADER, struct.pack(">q", t))]
             )
-            while True:
-                try:
-                    producer.produce(self.topic, rep.encode(value), key, part, headers=headers)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        producer.poll(0)
+            txn.produce(self.topic, rep.encode(value), key, headers, part)
+        txn.poll(0)
 
     def _before_flush(self, checkpoint_id: int) -> None:
         # A failed transaction fails the run (recovery starts a new sink), so a
@@ -276,9 +271,9 @@ class RepartitionSink(KafkaSink):
         header: list[tuple[str, str | bytes | None]] = [
             (MARK_HEADER, _pack_mark(self.watermark, self._inputs))
         ]
-        producer = self._p()
+        txn = self._txn
         for part in range(self.repartition.partitions):
-            producer.produce(self.topic, None, None, part, headers=header)
+            txn.produce(self.topic, None, None, header, part)
 
 
 class _RoutedChannel(ChannelReader):

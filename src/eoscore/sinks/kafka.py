@@ -20,23 +20,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from eoscore import failpoints
+from eoscore.kafka.errors import ErrorAction, KafkaProcessorError, classify
+from eoscore.kafka.txn import TransactionalProducer
 from eoscore.sinks.two_phase import DecidingSink, Decision, PreparedHandle, RecoveryPlan
 
 __all__ = ["KafkaSink"]
-
-#: Errors that mean "the group coordinator is not ready yet": ask again.
-_TRANSIENT = frozenset(
-    {
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.NOT_COORDINATOR,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-    }
-)
 
 _META = re.compile(r"^eoscore:(?P<pipeline>.*):(?P<id>\d+)$")
 
@@ -52,7 +42,8 @@ class KafkaSink(DecidingSink):
 
     ``source`` is the pipeline's ``KafkaSource`` (its name, topic and group
     say which offsets the decision carries). ``value``/``key`` turn a record
-    into bytes (default: ``str(record)`` as UTF-8, no key).
+    into bytes (default: ``str(record)`` as UTF-8, no key). ``timeout`` bounds
+    every Kafka call (retriable errors are retried within it).
     """
 
     def __init__(
@@ -84,8 +75,8 @@ class KafkaSink(DecidingSink):
             **(config or {}),
         }
         self.pipeline = ""
-        self._producer: Producer | None = None
-        self._in_txn = False  # a transaction is open
+        self._txn_producer: TransactionalProducer | None = None
+        self._group: Consumer | None = None  # group metadata and committed offsets
         self._txn_ids: list[int] = []  # checkpoints whose output the open transaction holds
         self._open_id = -1
         self._held: list[Any] = []  # output of _open_id while an earlier txn awaits its decision
@@ -95,54 +86,62 @@ class KafkaSink(DecidingSink):
 
     def open(self, pipeline: str, worker: str) -> None:
         self.pipeline = pipeline
-        self._producer = Producer(self.config)
+        self._txn_producer = TransactionalProducer(
+            self.config, operation_timeout_s=self.timeout, failpoint_prefix="sink.kafka"
+        )
         # Fences an older producer with our id and aborts its open transaction.
-        self._producer.init_transactions(self.timeout)
+        self._txn_producer.init()
 
-    def _p(self) -> Producer:
-        if self._producer is None:
-            raise RuntimeError(f"sink {self.name!r} used before open()")
-        return self._producer
+    @property
+    def _txn(self) -> TransactionalProducer:
+        if self._txn_producer is None:
+            raise KafkaProcessorError(f"sink {self.name!r} used before open()")
+        return self._txn_producer
+
+    def _group_consumer(self) -> Consumer:
+        """One consumer for the sink's life: it never subscribes, so it joins no group.
+
+        The source reads partitions by assignment (there is no group generation
+        to fence with); zombies are fenced by the transactional id instead, see
+        docs/sinks.md.
+        """
+        if self._group is None:
+            self._group = Consumer(
+                {
+                    "bootstrap.servers": self.config["bootstrap.servers"],
+                    "group.id": self.source.group_id,
+                    "enable.auto.commit": False,
+                }
+            )
+        return self._group
 
     def recover(self, plan: RecoveryPlan) -> None:
         # Our decided output is committed by definition (its commit was the decision);
         # undecided transactions were aborted by init_transactions in open().
-        self._in_txn = False
         self._txn_ids = []
 
     def close(self) -> None:
-        if self._producer is not None:
-            if self._in_txn:
-                try:
-                    self._producer.abort_transaction(self.timeout)
-                except Exception:  # closing anyway; the next init_transactions aborts it
-                    pass
-            self._producer.flush(self.timeout)
-            self._producer = None
+        if self._txn_producer is not None:
+            self._txn_producer.close()  # aborts an open transaction
+            self._txn_producer = None
+        if self._group is not None:
+            self._group.close()
+            self._group = None
 
     # ---- writing -----------------------------------------------------------------------
 
-    def _start(self) -> None:
-        if not self._in_txn:
-            self._p().begin_transaction()
-            self._in_txn = True
-
     def _produce(self, records: Sequence[Any]) -> None:
-        producer = self._p()
+        txn = self._txn
+        topic, value, key = self.topic, self.value, self.key
         for r in records:
-            while True:
-                try:
-                    producer.produce(self.topic, _to_bytes(self.value(r)), _to_bytes(self.key(r)))
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        producer.poll(0)
+            txn.produce(topic, _to_bytes(value(r)), _to_bytes(key(r)))
+        txn.poll(0)
 
     def begin(self, checkpoint_id: int) -> None:
         self._open_id = checkpoint_id
-        self._holding = self._in_txn and bool(self._txn_ids)
+        self._holding = self._txn.in_transaction and bool(self._txn_ids)
         if not self._holding:
-            self._start()
+            self._txn.begin()
 
     def write(self, records: Sequence[Any]) -> None:
         if self._holding:
@@ -151,7 +150,7 @@ class KafkaSink(DecidingSink):
             self._produce(records)
 
     def _release_held(self) -> None:
-        self._start()
+        self._txn.begin()
         held, self._held = self._held, []
         self._holding = False
         self._produce(held)
@@ -160,9 +159,7 @@ class KafkaSink(DecidingSink):
         if self._holding:  # an earlier checkpoint failed undecided: share its transaction
             self._release_held()
         self._before_flush(checkpoint_id)
-        remaining = self._p().flush(self.timeout)
-        if remaining:
-            raise TimeoutError(f"sink {self.name!r}: {remaining} records not delivered in time")
+        self._txn.flush()
         self._txn_ids.append(checkpoint_id)
         return {"transactional_id": self.transactional_id, "checkpoint": checkpoint_id}
 
@@ -174,29 +171,14 @@ class KafkaSink(DecidingSink):
     def commit_decision(
         self, checkpoint_id: int, positions: Mapping[str, Any], handle: PreparedHandle
     ) -> None:
-        producer = self._p()
         metadata = f"eoscore:{self.pipeline}:{checkpoint_id}"
         offsets = [
             TopicPartition(self.source.topic, int(p), offset, metadata=metadata)
             for p, o in positions.get(self.source.name, {}).items()
             if (offset := self.source.offset_of(o)) >= 0
         ]
-        if offsets:
-            group = Consumer(
-                {
-                    "bootstrap.servers": self.config["bootstrap.servers"],
-                    "group.id": self.source.group_id,
-                }
-            )
-            try:
-                producer.send_offsets_to_transaction(
-                    offsets, group.consumer_group_metadata(), self.timeout
-                )
-            finally:
-                group.close()
-        failpoints.hit("sink.kafka.before_commit")
-        producer.commit_transaction(self.timeout)
-        self._in_txn = False
+        group = self._group_consumer().consumer_group_metadata() if offsets else None
+        self._txn.commit(offsets, group)
         self._txn_ids = []
         if self._holding:
             self._release_held()
@@ -208,28 +190,22 @@ class KafkaSink(DecidingSink):
         """Nothing to do here: ``init_transactions`` aborts undecided transactions."""
 
     def read_decision(self) -> Decision | None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.config["bootstrap.servers"],
-                "group.id": self.source.group_id,
-            }
-        )
-        try:
-            parts = [TopicPartition(self.source.topic, p) for p in self.source.partitions()]
-            deadline = time.monotonic() + self.timeout
-            while True:
-                try:
-                    committed = consumer.committed(parts, timeout=self.timeout)
-                    break
-                except KafkaException as exc:
-                    # e.g. COORDINATOR_LOAD_IN_PROGRESS on a broker that just started
-                    err = exc.args[0]
-                    transient = err.retriable() or err.code() in _TRANSIENT
-                    if not transient or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-        finally:
-            consumer.close()
+        consumer = self._group_consumer()
+        parts = [TopicPartition(self.source.topic, p) for p in self.source.partitions()]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                committed = consumer.committed(parts, timeout=self.timeout)
+                break
+            except KafkaException as exc:
+                # e.g. COORDINATOR_LOAD_IN_PROGRESS on a broker that just started
+                err = exc.args[0]
+                if classify(err) is not ErrorAction.RETRY or time.monotonic() > deadline:
+                    raise KafkaProcessorError(
+                        f"sink {self.name!r}: reading the decided offsets failed: {err.str()}",
+                        err,
+                    ) from exc
+                time.sleep(0.2)
         best: int | None = None
         positions: dict[str, int] = {}
         for tp in committed:

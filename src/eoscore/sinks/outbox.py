@@ -42,9 +42,11 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from eoscore import failpoints
+from eoscore.kafka.errors import ProducerFencedError, TransactionAbortRequired
+from eoscore.kafka.txn import TransactionalProducer
 from eoscore.sinks._sqldb import Database, connect, quote
 from eoscore.sinks.errors import RelayFencedError, SinkConfigError, SinkError
 
@@ -52,16 +54,6 @@ __all__ = ["OutboxRelay", "OutboxWriter", "compact_ranges"]
 
 DEFAULT_TABLE = "eoscore_outbox"
 DEFAULT_STATE_TOPIC = "eoscore-outbox-relay-state"
-
-_FENCED = frozenset(
-    {
-        KafkaError._FENCED,
-        KafkaError.PRODUCER_FENCED,
-        KafkaError.INVALID_PRODUCER_EPOCH,
-        KafkaError.TRANSACTION_COORDINATOR_FENCED,
-    }
-)
-
 
 def _bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
@@ -168,7 +160,7 @@ class OutboxRelay:
         self.batch = 0  # number of the last committed batch
         self.published = 0
         self._db: Database | None = None
-        self._producer: Producer | None = None
+        self._producer: TransactionalProducer | None = None
 
     # --- Step 1 and 2 --------------------------------------------------------------
 
@@ -185,8 +177,13 @@ class OutboxRelay:
             "linger.ms": 5,
             **self.producer_config,
         }
-        self._producer = Producer(config)
-        self._producer.init_transactions(self.timeout_s)
+        self._producer = TransactionalProducer(
+            config, operation_timeout_s=self.timeout_s, failpoint_prefix="outbox"
+        )
+        try:
+            self._producer.init()
+        except ProducerFencedError as exc:
+            raise RelayFencedError(f"outbox relay {self.name!r}: {exc}") from exc
         failpoints.hit("outbox.after_init")
         state = self._read_state()  # Step 2
         if state is not None:
@@ -262,22 +259,23 @@ class OutboxRelay:
         ids = [int(r[0]) for r in rows]
         state = {"relay": self.name, "batch": self.batch + 1, "ids": compact_ranges(ids)}
         try:
-            producer.begin_transaction()  # Step 4
+            producer.begin()  # Step 4
             half = len(rows) // 2
             for i, (_, topic, key, value, headers) in enumerate(rows):
                 hdrs = list(json.loads(headers).items()) if headers else None
-                self._produce(producer, topic, _as_bytes(key), _as_bytes(value), hdrs)
+                producer.produce(topic, _as_bytes(value), _as_bytes(key), hdrs)
                 if i == half:
                     failpoints.hit("outbox.mid_batch")
-            self._produce(producer, self.state_topic, self.name.encode(),
-                          json.dumps(state).encode(), None)
-            failpoints.hit("outbox.before_commit")
-            producer.commit_transaction(self.timeout_s)  # Step 5: the decision
-        except KafkaException as exc:
-            self._handle(exc)
+            producer.produce(self.state_topic, json.dumps(state).encode(), self.name.encode())
+            producer.commit()  # Step 5: the decision (outbox.before_commit, .after_commit)
+        except TransactionAbortRequired:
+            producer.abort()  # the batch is read and relayed again
             return 0
+        except ProducerFencedError as exc:
+            raise RelayFencedError(
+                f"outbox relay {self.name!r} was fenced by a newer instance ({exc}); stop this one"
+            ) from exc
         self.batch += 1
-        failpoints.hit("outbox.after_commit")
         self._mark(ids)  # Step 6
         failpoints.hit("outbox.after_mark")
         self.published += len(ids)
@@ -303,28 +301,6 @@ class OutboxRelay:
                 time.sleep(idle_sleep_s)
         return total
 
-    def _produce(self, producer: Producer, topic: str, key: bytes | None,
-                 value: bytes | None, headers: list[tuple[str, Any]] | None) -> None:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, headers=headers)
-                return
-            except BufferError:
-                producer.poll(0.05)
-
-    def _handle(self, exc: KafkaException) -> None:
-        err = exc.args[0] if exc.args else None
-        code = err.code() if isinstance(err, KafkaError) else None
-        if code in _FENCED:
-            raise RelayFencedError(
-                f"outbox relay {self.name!r} was fenced by a newer instance ({err}); stop this one"
-            ) from exc
-        if isinstance(err, KafkaError) and err.txn_requires_abort():
-            assert self._producer is not None
-            self._producer.abort_transaction(self.timeout_s)  # the batch is retried
-            return
-        raise exc
-
     def _mark(self, ids: Sequence[int]) -> None:
         if not ids:
             return
@@ -345,14 +321,14 @@ class OutboxRelay:
                     [(i,) for i in ids],
                 )
 
-    def _require(self) -> tuple[Database, Producer]:
+    def _require(self) -> tuple[Database, TransactionalProducer]:
         if self._db is None or self._producer is None:
             raise SinkError(f"outbox relay {self.name!r}: call start() first")
         return self._db, self._producer
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.flush(self.timeout_s)
+            self._producer.close()  # aborts an open transaction
             self._producer = None
         if self._db is not None:
             self._db.close()  # releases the advisory lock
