@@ -1,6 +1,7 @@
 """A processor in its own process, for the crash and zombie tests.
 
-Usage: ``python _child.py '<json config>'``; failpoints come from
+Usage: ``python _child.py '<json config>'`` (``"dedup": prefix`` adds a
+DurableDedup keyed by the message key); failpoints come from
 ``EOSCORE_FAILPOINTS`` (see eoscore.failpoints). SIGTERM stops it cleanly. Exit codes: 0 clean stop,
 3 ProducerFencedError, 4 TransactionTimeoutError, 5 other error. The error class
 is printed on the last stderr line.
@@ -17,6 +18,7 @@ import sys
 import time
 
 from eoscore.kafka import ExactlyOnceProcessor, ProducerFencedError, TransactionTimeoutError
+from eoscore.kafka.dedup_changelog import DurableDedup
 from tests.kafka._util import make_transform
 
 
@@ -54,6 +56,7 @@ def main() -> int:
             **cfg.get("consumer_config", {}),
         },
         producer_config=cfg.get("producer_config", {}),
+        dedup=DurableDedup(cfg["dedup"]) if cfg.get("dedup") else None,
     )
     signal.signal(signal.SIGTERM, lambda *_: proc.stop())
     try:

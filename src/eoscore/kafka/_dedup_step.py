@@ -65,27 +65,57 @@ def _check_format(index: DedupIndex) -> None:
         )
 
 
+#: ``(keys, messages) -> bool per key``: True where the key is new to its index.
+CheckFunc = Callable[[list["bytes | str"], Sequence[Any]], Any]
+
+
 class DedupStep:
-    def __init__(self, index: DedupIndex, key: KeyFunc) -> None:
-        _check_format(index)
-        self._index = index
+    """Filters a batch through ``check`` and keeps the abort bookkeeping.
+
+    ``index`` is one shared index, or ``check`` a function that routes keys to
+    per-partition indexes (``eoscore.kafka.dedup_changelog``). With
+    ``keep_accepted`` the ``(key, message)`` pairs let through by the last
+    :meth:`filter` are in ``accepted`` (for a changelog).
+    """
+
+    def __init__(
+        self,
+        index: DedupIndex | None,
+        key: KeyFunc,
+        *,
+        check: CheckFunc | None = None,
+        keep_accepted: bool = False,
+    ) -> None:
+        if check is None:
+            if index is None:
+                raise ValueError("DedupStep needs an index or a check function")
+            _check_format(index)
+            shared = index
+            check = lambda keys, _messages: shared.check_and_add(keys)  # noqa: E731
+        self._check = check
         self._key = key
+        self._keep = keep_accepted
+        self.accepted: list[tuple[bytes | str, Any]] = []
         self._new_in_txn: list[tuple[bytes | str, _TP]] = []
         self._replay: dict[bytes | str, _TP] = {}
 
     def filter(self, messages: Sequence[Any]) -> list[Any]:
         """The messages whose key is new (or a replay after an abort)."""
         if not messages:
+            self.accepted = []
             return []
         keys = [self._key(m) for m in messages]
-        fresh = np.asarray(self._index.check_and_add(keys), dtype=bool).tolist()
+        fresh = np.asarray(self._check(keys, messages), dtype=bool).tolist()
         replay = self._replay
         if not replay and all(fresh) and len(set(keys)) == len(keys):
             self._new_in_txn.extend(
                 (k, (m.topic(), m.partition())) for k, m in zip(keys, messages, strict=True)
             )
+            if self._keep:
+                self.accepted = list(zip(keys, messages, strict=True))
             return list(messages)
         kept: list[Any] = []
+        accepted: list[tuple[bytes | str, Any]] = []
         in_batch: set[bytes | str] = set()
         for k, new, m in zip(keys, fresh, messages, strict=True):
             # Repeats inside the batch count as duplicates whatever the index says.
@@ -97,6 +127,9 @@ class DedupStep:
             in_batch.add(k)
             self._new_in_txn.append((k, (m.topic(), m.partition())))
             kept.append(m)
+            if self._keep:
+                accepted.append((k, m))
+        self.accepted = accepted
         return kept
 
     def committed(self) -> None:

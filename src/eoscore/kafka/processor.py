@@ -23,6 +23,7 @@ from confluent_kafka import (
 
 from eoscore import failpoints
 from eoscore.kafka._dedup_step import DedupIndex, DedupStep, KeyFunc
+from eoscore.kafka.dedup_changelog import DurableDedup
 from eoscore.kafka.errors import (
     ErrorAction,
     KafkaProcessorError,
@@ -68,10 +69,20 @@ class ExactlyOnceProcessor:
     A transaction is committed once ``commit_interval_ms`` have passed since it
     began or it holds ``commit_every`` input records, whichever comes first.
 
-    ``dedup`` (an object with ``check_and_add``, e.g.
-    ``eoscore.dedup.Deduplicator``) drops inputs whose ``dedup_key`` (default: the
-    message key) was seen before. Its memory is the deduplicator's: duplicates
-    across a restart are only caught if it was restored.
+    ``dedup`` drops inputs whose ``dedup_key`` (default: the message key) was
+    seen before. A :class:`~eoscore.kafka.dedup_changelog.DurableDedup` keeps
+    one index per input partition, TTL by record timestamps, and writes new
+    keys to a changelog topic inside the transaction: duplicates straddling a
+    crash or a rebalance are dropped. A plain index (an object with
+    ``check_and_add``, e.g. ``eoscore.dedup.Deduplicator``) is memory only:
+    after a restart it starts empty.
+
+    ``static_membership`` (default on) joins with ``group.instance.id =
+    instance_id``: a restarted instance gets its partitions back at once
+    (measured 0.6 s, against more than 25 s for the dead member's session to
+    expire with dynamic membership). Its cost: an instance that dies and does
+    not come back holds its partitions, unread, until ``session.timeout.ms``
+    passes, and no two live instances may share an ``instance_id``.
     """
 
     def __init__(
@@ -87,8 +98,8 @@ class ExactlyOnceProcessor:
         batch_size: int = 1000,
         poll_timeout_s: float = 0.1,
         transaction_timeout_ms: int = 60_000,
-        static_membership: bool = False,
-        dedup: DedupIndex | None = None,
+        static_membership: bool = True,
+        dedup: DurableDedup | DedupIndex | None = None,
         dedup_key: KeyFunc | None = None,
         consumer_config: Mapping[str, Any] | None = None,
         producer_config: Mapping[str, Any] | None = None,
@@ -120,7 +131,15 @@ class ExactlyOnceProcessor:
         self._op_timeout_s = operation_timeout_s
         self._max_aborts = max_aborts_in_a_row
         self._aborts_in_a_row = 0
-        self._dedup = DedupStep(dedup, dedup_key or _message_key) if dedup is not None else None
+        key_of = dedup_key or _message_key
+        self._durable: DurableDedup | None = None
+        self._dedup: DedupStep | None = None
+        if isinstance(dedup, DurableDedup):
+            self._durable = dedup
+            dedup.bind(bootstrap_servers)
+            self._dedup = DedupStep(None, key_of, check=dedup.check, keep_accepted=True)
+        elif dedup is not None:
+            self._dedup = DedupStep(dedup, key_of)
         self.metrics = ProcessorMetrics(interval_s=metrics_interval_s, logger=self._log)
 
         cconf: dict[str, Any] = {
@@ -213,6 +232,8 @@ class ExactlyOnceProcessor:
             self._consumer.close()
         finally:
             self._txn.close()
+            if self._durable is not None:
+                self._durable.close()
 
     def __enter__(self) -> ExactlyOnceProcessor:
         return self
@@ -307,6 +328,9 @@ class ExactlyOnceProcessor:
             kept = self._dedup.filter(batch)
             self.metrics.duplicates_dropped += len(batch) - len(kept)
             batch = kept
+            if self._durable is not None and self._dedup.accepted:
+                # The new keys join the transaction that commits their offsets.
+                self._txn.produce_all(self._durable.records(self._dedup.accepted))
             if not batch:
                 return
         # Step 6: transform.
@@ -382,9 +406,25 @@ class ExactlyOnceProcessor:
         # The default assign (done by confluent-kafka after this returns) starts
         # each partition at its committed offset, read with require_stable, so an
         # offset commit still pending in someone's transaction is waited for.
-        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        new = [(tp.topic, tp.partition) for tp in partitions]
+        if self._durable is not None and new:
+            self._restore_dedup(new)
+        self._assigned.update(new)
         self._rebalanced = True
         self.metrics.rebalances += 1
+
+    def _restore_dedup(self, partitions: list[_TP]) -> None:
+        """Rebuild the new partitions' dedup state once their offsets are stable."""
+        assert self._durable is not None
+        counts = {}
+        for topic in {t for t, _ in partitions}:
+            meta = self._consumer.list_topics(topic, timeout=self._op_timeout_s).topics[topic]
+            counts[topic] = len(meta.partitions)
+        self._durable.ensure_topics(counts.items())
+        # A transaction that could still add keys for these partitions also holds
+        # their offsets: once the committed offsets are stable, it has ended.
+        self._committed([TopicPartition(t, p) for t, p in partitions])
+        self._durable.restore(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         # Step R: the partitions go after this returns; their progress must be
@@ -413,6 +453,8 @@ class ExactlyOnceProcessor:
             self._pending.pop(tp, None)
         if self._dedup is not None:
             self._dedup.revoked(partitions)
+        if self._durable is not None:
+            self._durable.forget(partitions)
 
     def _fail_close(self) -> None:
         """Close after an exception: abort if the producer is usable, else leave it."""
