@@ -83,6 +83,7 @@ def _keys(msgs: list[Msg]) -> list[bytes]:
 def test_dedup_step_drops_duplicates_and_replays_after_abort() -> None:
     step = DedupStep(SetDedup(), lambda m: m.key())
     assert _keys(step.filter([Msg(b"a"), Msg(b"b"), Msg(b"a")])) == [b"a", b"b"]
+    step.seal()
     step.committed()
     # The transaction that first saw c and d aborts: their replay must pass once.
     assert _keys(step.filter([Msg(b"c"), Msg(b"b"), Msg(b"d", 1)])) == [b"c", b"d"]

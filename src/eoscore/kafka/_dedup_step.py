@@ -97,6 +97,7 @@ class DedupStep:
         self._keep = keep_accepted
         self.accepted: list[tuple[bytes | str, Any]] = []
         self._new_in_txn: list[tuple[bytes | str, _TP]] = []
+        self._sealed: list[tuple[bytes | str, _TP]] = []  # keys of the committing transaction
         self._replay: dict[bytes | str, _TP] = {}
 
     def filter(self, messages: Sequence[Any]) -> list[Any]:
@@ -132,12 +133,22 @@ class DedupStep:
         self.accepted = accepted
         return kept
 
-    def committed(self) -> None:
+    def seal(self) -> None:
+        """The open transaction starts committing; later keys belong to the next one."""
+        self._sealed.extend(self._new_in_txn)
         self._new_in_txn.clear()
 
+    def committed(self) -> None:
+        """The sealed transaction committed."""
+        self._sealed.clear()
+
     def aborted(self) -> None:
+        """Every transaction not committed (sealed or open) is gone: replay its keys once."""
+        for k, tp in self._sealed:
+            self._replay[k] = tp
         for k, tp in self._new_in_txn:
             self._replay[k] = tp
+        self._sealed.clear()
         self._new_in_txn.clear()
 
     def revoked(self, partitions: set[_TP]) -> None:

@@ -57,6 +57,7 @@ class ProcessorMetrics:
         self.records_out = 0
         self.duplicates_dropped = 0
         self.rebalances = 0
+        self.batches_during_commit = 0  # consumed and transformed while a commit ran
         self.txn = TransactionMetrics(window)
         self._interval_s = interval_s
         self._logger = logger

@@ -7,6 +7,7 @@ The protocol is ``docs/kafka-processor.md``; its numbered steps appear below as
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -106,6 +107,7 @@ class ExactlyOnceProcessor:
         metrics_interval_s: float = 10.0,
         operation_timeout_s: float = 30.0,
         max_aborts_in_a_row: int = 10,
+        overlap_commits: bool = True,
         logger: logging.Logger | None = None,
     ) -> None:
         if not topics:
@@ -175,6 +177,13 @@ class ExactlyOnceProcessor:
         self._rebalanced = True  # the next batch takes the careful path
         self._pending: dict[_TP, int] = {}  # next offset to commit, per partition
         self._txn_inputs = 0
+        # Overlapped commits: transaction n commits on a thread while batch n+1 is
+        # consumed and transformed; its outputs wait in _held for transaction n+1.
+        self._overlap = overlap_commits
+        self._inflight: threading.Thread | None = None
+        self._inflight_error: BaseException | None = None
+        self._held: list[list[OutputRecord]] = []
+        self._held_count = 0
         self._started = False
         self._stopping = False
         self._closed = False
@@ -204,7 +213,7 @@ class ExactlyOnceProcessor:
                             "failing (record too large for the output topic? missing ACL?)"
                         ) from exc
                 self.metrics.tick()
-            if self._txn.in_transaction:
+            if self._unfinished():
                 try:
                     self._commit()
                 except TransactionAbortRequired:
@@ -271,7 +280,11 @@ class ExactlyOnceProcessor:
     def _iterate(self) -> None:
         timeout = self._poll_timeout_s
         txn = self._txn
-        if txn.in_transaction:
+        if self._inflight is not None:
+            self._settle(wait=self._held_count >= 4 * self._batch_size)
+        if self._inflight is not None:
+            timeout = 0.005  # pick up the commit's end soon
+        elif txn.in_transaction:
             due_in = txn.started + self._interval_s - time.monotonic()
             timeout = max(0.0, min(timeout, due_in))
         # Step 3: consume a batch (rebalance callbacks run inside this call).
@@ -279,11 +292,14 @@ class ExactlyOnceProcessor:
         batch = self._accept(messages) if messages else []
         if batch:
             self._process(batch)
-        if txn.in_transaction and (
+        if self._inflight is None and txn.in_transaction and (
             time.monotonic() - txn.started >= self._interval_s
             or (self._commit_every is not None and self._txn_inputs >= self._commit_every)
         ):
-            self._commit()
+            if self._overlap:
+                self._commit_in_background()
+            else:
+                self._commit()
 
     def _accept(self, messages: list[Any]) -> list[Any]:
         """Drop errors and records of partitions no longer ours; note next offsets."""
@@ -321,8 +337,10 @@ class ExactlyOnceProcessor:
     def _process(self, batch: list[Any]) -> None:
         self.metrics.records_in += len(batch)
         self._txn_inputs += len(batch)
+        holding = self._inflight is not None
         # Step 4: open a transaction with the first records after a commit.
-        self._txn.begin()
+        if not holding:
+            self._txn.begin()
         # Step 5: drop duplicate inputs (optional).
         if self._dedup is not None:
             kept = self._dedup.filter(batch)
@@ -330,13 +348,30 @@ class ExactlyOnceProcessor:
             batch = kept
             if self._durable is not None and self._dedup.accepted:
                 # The new keys join the transaction that commits their offsets.
-                self._txn.produce_all(self._durable.records(self._dedup.accepted))
+                changes = self._durable.records(self._dedup.accepted)
+                if holding:
+                    self._hold(changes)
+                else:
+                    self._txn.produce_all(changes)
             if not batch:
                 return
         # Step 6: transform.
         outputs = self._transform(batch)
-        # Step 7: produce into the open transaction.
-        self._produce(outputs if isinstance(outputs, list) else list(outputs))
+        outputs = outputs if isinstance(outputs, list) else list(outputs)
+        # Step 7: produce into the open transaction (or the next one).
+        if holding:
+            self._hold(outputs)
+        else:
+            self._produce(outputs)
+
+    def _unfinished(self) -> bool:
+        """A transaction is open or committing, or outputs wait for the next one."""
+        return self._txn.in_transaction or self._inflight is not None or bool(self._held)
+
+    def _hold(self, records: list[OutputRecord]) -> None:
+        self.metrics.batches_during_commit += 1
+        self._held.append(records)
+        self._held_count += len(records)
 
     def _produce(self, outputs: list[OutputRecord]) -> None:
         txn = self._txn
@@ -354,16 +389,72 @@ class ExactlyOnceProcessor:
     def _commit(self) -> None:
         # Steps 8 and 9: the input offsets join the transaction (fenced by the group
         # generation) and commit atomically with the outputs.
+        self._settle(wait=True)
+        if not self._txn.in_transaction:
+            return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
         metadata = self._consumer.consumer_group_metadata() if offsets else None
+        if self._dedup is not None:
+            self._dedup.seal()
         self._txn.commit(offsets, metadata)
         self._txn_closed()
         self._aborts_in_a_row = 0
         if self._dedup is not None:
             self._dedup.committed()
 
+    def _commit_in_background(self) -> None:
+        """Steps 8 and 9 on a thread; the loop goes on consuming and transforming."""
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
+        metadata = self._consumer.consumer_group_metadata() if offsets else None
+        if self._dedup is not None:
+            self._dedup.seal()
+        self._txn_closed()  # offsets read from now on belong to the next transaction
+        self._inflight_error = None
+
+        def commit() -> None:
+            try:
+                self._txn.commit(offsets, metadata)
+            except BaseException as exc:  # handed to the loop's thread by _settle
+                self._inflight_error = exc
+
+        self._inflight = threading.Thread(target=commit, name="eoscore-commit", daemon=True)
+        self._inflight.start()
+
+    def _settle(self, *, wait: bool) -> None:
+        """Finish an overlapped commit: raise its error, or open the next transaction
+        with the outputs held meanwhile."""
+        thread = self._inflight
+        if thread is None:
+            return
+        if wait:
+            thread.join()
+        elif thread.is_alive():
+            return
+        thread.join()
+        self._inflight = None
+        error, self._inflight_error = self._inflight_error, None
+        if error is not None:
+            self._held.clear()
+            self._held_count = 0
+            raise error
+        self._aborts_in_a_row = 0
+        if self._dedup is not None:
+            self._dedup.committed()
+        held, self._held, self._held_count = self._held, [], 0
+        if held:
+            self._txn.begin()
+            for records in held:
+                self._produce(records)
+
     def _abort_and_rewind(self, partitions: set[_TP]) -> None:
         """Step A: abort the open transaction, seek ``partitions`` to committed offsets."""
+        if self._inflight is not None:
+            try:
+                self._settle(wait=True)
+            except TransactionAbortRequired:
+                pass  # aborted just below, with the rest
+        self._held.clear()
+        self._held_count = 0
         if self._txn.in_transaction:
             self._txn.abort()
             self._aborts_in_a_row += 1
@@ -430,7 +521,7 @@ class ExactlyOnceProcessor:
         # Step R: the partitions go after this returns; their progress must be
         # committed (or aborted and forgotten) first.
         revoked = {(tp.topic, tp.partition) for tp in partitions}
-        if not self._txn.dead and self._txn.in_transaction:
+        if not self._txn.dead and self._unfinished():
             try:
                 self._commit()
             except TransactionAbortRequired as exc:
@@ -441,7 +532,7 @@ class ExactlyOnceProcessor:
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         # The group moved on without us: our offsets can no longer be committed.
         lost = {(tp.topic, tp.partition) for tp in partitions}
-        if not self._txn.dead and self._txn.in_transaction:
+        if not self._txn.dead and self._unfinished():
             self._log.warning("%s: partitions lost, aborting", self.transactional_id)
             self._abort_and_rewind(self._assigned - lost)
         self._forget(lost)
@@ -458,6 +549,9 @@ class ExactlyOnceProcessor:
 
     def _fail_close(self) -> None:
         """Close after an exception: abort if the producer is usable, else leave it."""
+        if self._inflight is not None:
+            self._inflight.join()
+            self._inflight = None
         self._txn_closed()
         try:
             self._txn.close()  # aborts what is open unless the producer is dead
