@@ -26,9 +26,15 @@ extensions = [
     if not os.environ.get("EOSCORE_ONLY") or pyx.stem in os.environ["EOSCORE_ONLY"].split(",")
 ]
 
+# Both steps use every core: the wheel test and a fresh `make build` compile
+# all modules, and -O3 C compiles are most of their time.
+JOBS = os.cpu_count() or 1
+
 setup(
+    options={"build_ext": {"parallel": JOBS}},
     ext_modules=cythonize(
         extensions,
+        nthreads=JOBS,
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

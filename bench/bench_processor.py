@@ -6,7 +6,8 @@ re-serialize) for every contender, in one run:
 * ``alo``: a plain at-least-once confluent-kafka loop (consume, transform,
   produce, auto-commit): the limit.
 * ``eos-100ms`` / ``eos-1s``: :class:`eoscore.kafka.ExactlyOnceProcessor` with
-  ``commit_interval_ms`` 100 and 1000.
+  ``commit_interval_ms`` 100 and 1000; ``eos-100ms-serial`` the same with
+  ``overlap_commits=False`` (the loop waits for each commit).
 * ``quix-eos-100ms`` / ``quix-eos-1s``: Quix Streams with
   ``processing_guarantee="exactly-once"`` and the same commit intervals, run in
   its own virtualenv (``--quix-python``, default ``/tmp/quixvenv/bin/python``;
@@ -136,7 +137,9 @@ def run_alo(bootstrap: str, src: str, dst: str, n: int) -> tuple[float, float]:
     return time.perf_counter() - first, time.process_time() - cpu0
 
 
-def run_eos(bootstrap: str, src: str, dst: str, n: int, interval_ms: int) -> tuple[float, float]:
+def run_eos(
+    bootstrap: str, src: str, dst: str, n: int, interval_ms: int, overlap: bool = True
+) -> tuple[float, float]:
     first = [0.0, 0.0]
 
     def transform(batch: list) -> list[OutputRecord]:  # type: ignore[type-arg]
@@ -151,6 +154,7 @@ def run_eos(bootstrap: str, src: str, dst: str, n: int, interval_ms: int) -> tup
         transform=transform,
         instance_id="bench",
         commit_interval_ms=interval_ms,
+        overlap_commits=overlap,
     )
     proc.run(until=lambda: proc.metrics.records_in >= n)
     return time.perf_counter() - first[0], time.process_time() - first[1]
@@ -234,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             "alo": lambda s, d: run_alo(bootstrap, s, d, n),
             "eos-100ms": lambda s, d: run_eos(bootstrap, s, d, n, 100),
             "eos-1s": lambda s, d: run_eos(bootstrap, s, d, n, 1000),
+            "eos-100ms-serial": lambda s, d: run_eos(bootstrap, s, d, n, 100, overlap=False),
         }
         why_not = "--no-quix" if args.no_quix else quix_works(args.quix_python)
         if why_not is None:

@@ -183,21 +183,22 @@ def test_windowed_aggregates_exactly_once_under_sigkill(tmp_path: Path) -> None:
     # watermark is +inf, and what is appended later would be late), and is fed a
     # fresh chunk first, so each named failpoint has work to reach it: a run
     # recovers at the checkpointed offsets and reads on.
-    for name, at in FAILPOINTS:
+    for i, (name, at) in enumerate(FAILPOINTS):
         source.append(CHUNKS.get(name, CHUNK))
         extra = ["--hold-slow-barrier"] if name == "runtime.during_alignment" else []
         rc = run_job([*args, "--follow", *extra], failpoint=f"{name}=kill@{at}", kill_after=60)
         if rc == -signal.SIGKILL:  # killed itself: the failpoint fired
             kills += 1
             fired.add(name)
-        # and a kill at a random moment after every named one
-        source.append(CHUNK)
-        kills += run_job([*args, "--follow"], kill_after=rng.uniform(0.2, 1.8)) == KILLED
+        # and a kill at a random moment after every second named one (suite time)
+        if i % 2 == 0:
+            source.append(CHUNK)
+            kills += run_job([*args, "--follow"], kill_after=rng.uniform(0.2, 1.8)) == KILLED
     # Then let it finish.
     source.append(CHUNK)
     assert run_job(args, kill_after=120) == 0
     assert fired == {name for name, _ in FAILPOINTS}, (
         f"never fired: {set(dict(FAILPOINTS)) - fired}"
     )
-    assert kills >= 20, kills
+    assert kills >= len(FAILPOINTS) + 4, kills
     check(tmp_path / "out", source.events)
