@@ -8,6 +8,8 @@ re-serialize) for every contender, in one run:
 * ``eos-100ms`` / ``eos-1s``: :class:`eoscore.kafka.ExactlyOnceProcessor` with
   ``commit_interval_ms`` 100 and 1000; ``eos-100ms-serial`` the same with
   ``overlap_commits=False`` (the loop waits for each commit).
+* ``pipeline-1s``: the pipeline's ``KafkaSource -> map -> KafkaSink`` with
+  checkpoints every 1 s (each checkpoint's Kafka commit is its decision).
 * ``quix-eos-100ms`` / ``quix-eos-1s``: Quix Streams with
   ``processing_guarantee="exactly-once"`` and the same commit intervals, run in
   its own virtualenv (``--quix-python``, default ``/tmp/quixvenv/bin/python``;
@@ -40,6 +42,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -160,6 +163,30 @@ def run_eos(
     return time.perf_counter() - first[0], time.process_time() - first[1]
 
 
+def run_pipeline(bootstrap: str, src: str, dst: str, n: int) -> tuple[float, float]:
+    """KafkaSource -> map -> KafkaSink, checkpoints every 1 s (stops at the input's end)."""
+    from eoscore.pipeline import Pipeline
+    from eoscore.pipeline.kafka import KafkaSource
+    from eoscore.runtime import CheckpointConfig
+    from eoscore.sinks.kafka import KafkaSink
+
+    first = [0.0, 0.0]
+
+    def transform(rec: Any) -> bytes:
+        if not first[0]:
+            first[:] = [time.perf_counter(), time.process_time()]
+        return transform_value(rec.value)
+
+    tag = uuid.uuid4().hex[:8]
+    source = KafkaSource(bootstrap, src, f"bench-pipe-{tag}", stop_at_end=True)
+    sink = KafkaSink(bootstrap, dst, f"bench-pipe-{tag}", source)
+    p = Pipeline(f"bench-pipe-{tag}")
+    p.source(source).map(transform).sink(sink)
+    with tempfile.TemporaryDirectory() as state:
+        p.run(state, CheckpointConfig(interval=1.0))
+    return time.perf_counter() - first[0], time.process_time() - first[1]
+
+
 QUIX_CHILD = textwrap.dedent(
     """
     import json, logging, sys, time, uuid
@@ -239,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "eos-100ms": lambda s, d: run_eos(bootstrap, s, d, n, 100),
             "eos-1s": lambda s, d: run_eos(bootstrap, s, d, n, 1000),
             "eos-100ms-serial": lambda s, d: run_eos(bootstrap, s, d, n, 100, overlap=False),
+            "pipeline-1s": lambda s, d: run_pipeline(bootstrap, s, d, n),
         }
         why_not = "--no-quix" if args.no_quix else quix_works(args.quix_python)
         if why_not is None:
