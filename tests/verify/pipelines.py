@@ -215,3 +215,10 @@ def late_unread(workdir: Path) -> VerifyTarget:
 
 def not_a_target(workdir: Path) -> str:
     return "nope"
+
+
+def misspelled_failpoint(workdir: Path) -> VerifyTarget:
+    """``correct`` arming a failpoint nothing defines (a typo of runtime.after_decision)."""
+    target = _Job(workdir, broken=False).target()
+    target.failpoints = (*target.failpoints, "runtime.after_decison")
+    return target

@@ -156,6 +156,31 @@ def test_a_bad_target_is_an_error_not_a_verdict(tmp_path: Path) -> None:
     assert "must return an eoscore.verify.VerifyTarget" in err
 
 
+def test_a_failpoint_nothing_defines_is_an_error_not_a_timer_kill(tmp_path: Path) -> None:
+    with pytest.raises(TargetError, match=r"did you mean 'runtime\.after_decision'"):
+        load_target("tests.verify.pipelines:misspelled_failpoint", tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "eoscore.verify", "tests.verify.pipelines:misspelled_failpoint",
+         "-k", "1", "--workdir", str(tmp_path / "run")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "'runtime.after_decison'" in proc.stderr
+    assert not list((tmp_path / "run").rglob("run-*"))  # refused before any pipeline run
+
+
+def test_list_failpoints_prints_every_defined_name() -> None:
+    from eoscore import failpoints
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "eoscore.verify", "--list-failpoints"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    listed = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert listed == list(failpoints.DEFINED)
+
+
 # --- pieces -------------------------------------------------------------------------------
 
 

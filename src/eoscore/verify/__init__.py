@@ -17,6 +17,7 @@ from eoscore.verify.target import (
     SINK_FAILPOINTS,
     TargetError,
     VerifyTarget,
+    check_failpoints,
     load_target,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "TargetError",
     "VerifyReport",
     "VerifyTarget",
+    "check_failpoints",
     "compare",
     "exclude_late",
     "inject_duplicates",

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from eoscore import failpoints
 from eoscore.errors import EosError
 from eoscore.verify.runner import ChaosOptions, run_verification
 
-__all__ = ["Progress", "add_commands", "main"]
+__all__ = ["Progress", "add_commands", "list_failpoints", "main"]
 
 
 class Progress:
@@ -54,7 +55,21 @@ def _window(text: str) -> tuple[float, float]:
     return window
 
 
+def list_failpoints(stream: TextIO) -> None:
+    """Every failpoint a target may arm, with what a crash there means."""
+    width = max(len(name) for name in failpoints.DEFINED)
+    for name, meaning in failpoints.DEFINED.items():
+        stream.write(f"{name:{width}}  {meaning}\n")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.list_failpoints:
+        list_failpoints(sys.stdout)
+        return 0
+    if args.target is None:
+        print("eoscore verify: a MODULE:FUNCTION target is needed (or --list-failpoints)",
+              file=sys.stderr)
+        return 2
     options = ChaosOptions(
         kills=args.kills,
         duplicates=args.duplicates,
@@ -94,7 +109,10 @@ def add_commands(subparsers: Any) -> None:
             "violation, 2 on an error."
         ),
     )
-    p.add_argument("target", help="module:function returning an eoscore.verify.VerifyTarget")
+    p.add_argument("target", nargs="?",
+                   help="module:function returning an eoscore.verify.VerifyTarget")
+    p.add_argument("--list-failpoints", action="store_true",
+                   help="print every failpoint name a target may arm, and exit")
     p.add_argument("-k", "--kills", type=int, default=10, help="kills before the last run")
     p.add_argument("--duplicates", type=float, default=0.0, metavar="FRACTION",
                    help="duplicate this fraction of input lines (needs input_dir)")

@@ -5,8 +5,10 @@ Steps:
 1. ``prepare`` the target, read its input, compute the reference (if given).
 2. Optionally inject duplicate input lines (``input_dir``).
 3. K times: start the pipeline process with one failpoint armed and a timer;
-   whichever fires first SIGKILLs it. Recovery time is measured from the
-   restart to the moment the sources are reopened.
+   whichever fires first SIGKILLs it (``load_target`` has refused any
+   failpoint name nothing defines, which would leave only the timer).
+   Recovery time is measured from the restart to the moment the sources are
+   reopened.
 4. A last run without kills, to the end of the input.
 5. Count the late records (read back from the target's late output, or as
    the runs saw them); with ``allow_late`` leave them out of the reference's
@@ -257,8 +259,9 @@ def run_verification(
             at = rng.randint(*_HIT_RANGE.get(name, (1, 3)))
             failpoint = f"{name}=kill@{at}"
         lo, hi = options.kill_window
-        # A failpoint run gets a late timer (only a fallback, for a failpoint this
-        # pipeline never reaches); the others are killed at a random moment.
+        # A failpoint run gets a late timer (only a fallback, for a defined failpoint
+        # this pipeline never reaches: load_target refused names nothing defines);
+        # the others are killed at a random moment.
         delay = 2 * hi if failpoint else rng.uniform(lo, hi)
         what = f"failpoint {failpoint}" if failpoint else f"kill after {delay:.1f}s"
         note(f"run {runner.count + 1}: {what}", i, options.kills)

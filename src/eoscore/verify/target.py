@@ -15,17 +15,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eoscore import failpoints
 from eoscore.errors import EosError
 from eoscore.runtime.config import CheckpointConfig
 
 if TYPE_CHECKING:
     from eoscore.pipeline.builder import Pipeline
 
-__all__ = ["DEFAULT_FAILPOINTS", "SINK_FAILPOINTS", "TargetError", "VerifyTarget", "load_target"]
+__all__ = [
+    "DEFAULT_FAILPOINTS",
+    "SINK_FAILPOINTS",
+    "TargetError",
+    "VerifyTarget",
+    "check_failpoints",
+    "load_target",
+]
 
-#: Crash points the verifier arms, one per run (any that the pipeline never
-#: reaches is harmless: a timer kills that run instead). Every gap of the
-#: commit protocol (docs/commit-protocol.md), plus restore.
+#: Crash points the verifier arms, one per run (a defined one that the pipeline
+#: never reaches is harmless: a timer kills that run instead; a name nothing
+#: defines is refused by :func:`load_target`). Every gap of the commit
+#: protocol (docs/commit-protocol.md), plus restore.
 DEFAULT_FAILPOINTS: tuple[str, ...] = (
     "runtime.after_batch",
     "source.before_barrier",
@@ -111,4 +120,18 @@ def load_target(spec: str, workdir: Path) -> VerifyTarget:
             f"{spec!r} returned {type(target).__name__}; it must return an "
             "eoscore.verify.VerifyTarget"
         )
+    check_failpoints(spec, target.failpoints)
     return target
+
+
+def check_failpoints(spec: str, names: Iterable[str]) -> None:
+    """Raise :class:`TargetError` if a name in ``names`` is not a defined failpoint.
+
+    Armed, such a name would never fire and every "failpoint" run would end
+    by the fallback timer: a typo must stop the verification instead.
+    """
+    for name in names:
+        try:
+            failpoints.check(name)
+        except failpoints.FailpointSpecError as exc:
+            raise TargetError(f"{spec!r}: VerifyTarget.failpoints: {exc}") from exc
