@@ -114,7 +114,9 @@ def caught_up(bootstrap: str, group: str, topic: str) -> bool:
     try:
         committed = consumer.committed([TopicPartition(topic, p) for p in parts], TIMEOUT)
         for tp in committed:
-            _low, high = consumer.get_watermark_offsets(tp, TIMEOUT)
+            low, high = consumer.get_watermark_offsets(tp, TIMEOUT)
+            if high == low:  # an empty partition (no committed offset ever) has no work
+                continue
             if tp.offset < high:
                 return False
         return True

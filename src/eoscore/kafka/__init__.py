@@ -20,6 +20,7 @@ from eoscore.kafka.metrics import MetricsSnapshot, ProcessorMetrics
 from eoscore.kafka.processor import ExactlyOnceProcessor, OutputRecord, Transform
 from eoscore.kafka.transactions import (
     LingeringPartition,
+    NoOpenTransactionError,
     abort_transaction,
     find_lingering_transactions,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "KafkaProcessorError",
     "LingeringPartition",
     "MetricsSnapshot",
+    "NoOpenTransactionError",
     "OutputRecord",
     "ProcessorMetrics",
     "ProducerFencedError",
