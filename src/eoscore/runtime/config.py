@@ -33,6 +33,10 @@ class CheckpointConfig:
     unaligned: bool = False
     #: Records the alignment buffer holds before it stops pulling (backpressure).
     alignment_capacity: int = 20_000
+    #: Records each channel's queue holds ahead of the executor (at least one
+    #: batch fits): what an aligned barrier can wait behind, per channel, is this
+    #: plus one batch (docs/runtime.md, "Barrier overtaking and queue bounds").
+    channel_capacity: int = 1_000
 
     def __post_init__(self) -> None:
         if self.interval is not None and self.interval <= 0:
@@ -51,3 +55,7 @@ class CheckpointConfig:
             raise ValueError("aligned_timeout must not be negative")
         if self.alignment_capacity < 1:
             raise ValueError("alignment_capacity must be at least one record")
+        if self.channel_capacity < 1:
+            raise ValueError(
+                f"channel_capacity must be at least one record, not {self.channel_capacity}"
+            )

@@ -61,6 +61,9 @@ class CheckpointStats:
     unaligned: int = 0
     channel_state_records: int = 0
     buffered_records: int = 0  # records held in the alignment buffer, summed over checkpoints
+    #: Per aligned or unaligned checkpoint: records processed from its trigger to its cut
+    #: (0 unaligned; aligned, at most what the channel queues held: docs/runtime.md).
+    barrier_records: list[int] = field(default_factory=list)
     last_stall: float = 0.0  # barrier to resumed processing, seconds
     max_stall: float = 0.0
     durations: list[float] = field(default_factory=list)
