@@ -8,7 +8,6 @@ import uuid
 from collections import Counter
 
 import pytest
-from confluent_kafka import Producer
 
 from eoscore.kafka import ExactlyOnceProcessor
 from eoscore.kafka.dedup_changelog import DurableDedup
@@ -18,6 +17,7 @@ from tests.kafka._util import (
     caught_up,
     f,
     make_transform,
+    produce_inputs,
     read_committed,
     spawn_child,
     stop_child,
@@ -25,18 +25,6 @@ from tests.kafka._util import (
 )
 
 CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
-
-
-def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    for key, value in items:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.1)
-    assert producer.flush(60) == 0
 
 
 def _with_repeats(n: int, rng: random.Random, first: int = 0) -> list[tuple[bytes, bytes]]:
@@ -101,7 +89,7 @@ def test_keys_survive_a_restart_and_repeats_are_dropped(
     prefix = f"dd-{uuid.uuid4().hex[:8]}"
     group = f"g-{uuid.uuid4().hex[:8]}"
     rng = random.Random(1)
-    _produce(kafka_bootstrap, src, _with_repeats(2000, rng))
+    produce_inputs(kafka_bootstrap, src, _with_repeats(2000, rng))
 
     def run() -> ExactlyOnceProcessor:
         proc = ExactlyOnceProcessor(
@@ -120,7 +108,7 @@ def test_keys_survive_a_restart_and_repeats_are_dropped(
     first = run()
     assert first.metrics.duplicates_dropped > 0
     # Phase 2 repeats keys of phase 1 only: a fresh process must know them all.
-    _produce(kafka_bootstrap, src, [(b"k%d" % i, b"v%07d" % i) for i in range(0, 2000, 7)])
+    produce_inputs(kafka_bootstrap, src, [(b"k%d" % i, b"v%07d" % i) for i in range(0, 2000, 7)])
     second = run()
     assert second.metrics.duplicates_dropped == len(range(0, 2000, 7))
     got, distinct = _distinct_outputs(read_committed(kafka_bootstrap, dst))
@@ -155,7 +143,7 @@ def test_duplicates_straddling_sigkills_are_dropped(
     for plan in plans:
         # Each round's input repeats keys of every earlier round: only a restored
         # index can drop them.
-        _produce(kafka_bootstrap, src, _with_repeats(600, rng, first=total))
+        produce_inputs(kafka_bootstrap, src, _with_repeats(600, rng, first=total))
         total += 600
         child = spawn_child(config, plan)
         try:
@@ -165,7 +153,7 @@ def test_duplicates_straddling_sigkills_are_dropped(
             child.wait(30)
         kills += child.returncode == -signal.SIGKILL
     # The last run has work too, so "caught up" means this run committed it.
-    _produce(kafka_bootstrap, src, _with_repeats(300, rng, first=total))
+    produce_inputs(kafka_bootstrap, src, _with_repeats(300, rng, first=total))
     total += 300
     child = spawn_child(config)
     wait_caught_up(kafka_bootstrap, group, src, timeout=120)
@@ -186,7 +174,7 @@ def test_a_corrupt_changelog_record_is_refused(
     dedup = DurableDedup(prefix)
     dedup.bind(kafka_bootstrap)
     dedup.ensure_topics([(src, 1)])
-    _produce(kafka_bootstrap, dedup.changelog_topic(src), [(b"bkey", b"short")])
+    produce_inputs(kafka_bootstrap, dedup.changelog_topic(src), [(b"bkey", b"short")])
     with pytest.raises(KafkaProcessorError, match="not 8"):
         dedup.restore([(src, 0)])
     dedup.close()

@@ -72,17 +72,19 @@ def read_output(bootstrap: str, topic: str) -> list[Any]:
     consumer.assign([TopicPartition(topic, 0)])
     out = []
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        msg = consumer.poll(1.0)
-        if msg is None:
-            continue
-        if msg.error():
-            if msg.error().code() == KafkaError._PARTITION_EOF:
-                break
-            raise AssertionError(msg.error())
-        out.append(json.loads(msg.value()))
-    consumer.close()
-    return out
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    return out
+                raise AssertionError(msg.error())
+            out.append(json.loads(msg.value()))
+    finally:
+        consumer.close()
+    raise AssertionError(f"{topic}: no end of partition within 60 s")
 
 
 @pytest.mark.slow

@@ -15,19 +15,17 @@ run adds nothing; a read_committed reader sees every window exactly once.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer
 
 import eoscore.sinks.kafka
 from eoscore.errors import EosError
@@ -36,7 +34,7 @@ from eoscore.runtime.store import FileCheckpointStore
 from tests.kafka._util import process_state
 from tests.pipeline.kafka_job import WINDOW, build
 from tests.pipeline.test_exactly_once import ROOT, expected
-from tests.pipeline.test_kafka_exactly_once import produce_input
+from tests.pipeline.test_kafka_exactly_once import produce_input, read_output
 
 JOB = "tests.pipeline.kafka_job"
 
@@ -75,37 +73,6 @@ def files(state_dir: Path) -> dict[str, str]:
     }
 
 
-def read_committed(bootstrap: str, topic: str) -> list[Any]:
-    """The topic's records a read_committed reader sees (up to the last stable offset)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"verify-{uuid.uuid4().hex[:8]}",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.assign([TopicPartition(topic, 0)])
-    out: list[Any] = []
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    return out
-                raise AssertionError(err)
-            out.append(json.loads(msg.value() or b"null"))
-    finally:
-        consumer.close()
-    raise AssertionError(f"{topic}: no end of partition within 30 s")
-
-
 @pytest.mark.slow
 def test_zombie_sink_is_fenced_and_leaves_store_and_output_intact(
     kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
@@ -123,7 +90,7 @@ def test_zombie_sink_is_fenced_and_leaves_store_and_output_intact(
         time.sleep(0.05)
     try:
         # Checkpoint 1 is decided (its output committed); 2 is pending in the store.
-        before = read_committed(kafka_bootstrap, out_topic)
+        before = read_output(kafka_bootstrap, out_topic)
         at_stop = files(state)
 
         # The LOCK refuses a second writer while the old one lives, and it changes nothing.
@@ -141,12 +108,12 @@ def test_zombie_sink_is_fenced_and_leaves_store_and_output_intact(
     assert code not in (0, -signal.SIGKILL), f"the zombie exited {code}: {err[-2000:]}"
     assert "ProducerFencedError" in err and "took over" in err, err[-2000:]
     assert files(state) == after_new, "the zombie changed the checkpoint store"
-    rows = read_committed(kafka_bootstrap, out_topic)
+    rows = read_output(kafka_bootstrap, out_topic)
 
     # A later run finds the new instance's decision and has nothing left to add.
     code, err = finish(spawn([*args, "--tag", "final"]))
     assert code == 0, err[-2000:]
-    assert read_committed(kafka_bootstrap, out_topic) == rows
+    assert read_output(kafka_bootstrap, out_topic) == rows
 
     counts = Counter((r[0], r[1]) for r in rows)
     assert not [k for k, c in counts.items() if c > 1], "a window was committed twice"
@@ -188,5 +155,5 @@ def test_kafka_sink_keeps_one_consumer_over_many_checkpoints(
     # One for the sink's life (read_decision, then every commit's group metadata).
     completed = result.checkpoints.completed
     assert len(created) == 1, f"{len(created)} consumers for {completed} checkpoints"
-    rows = read_committed(kafka_bootstrap, out_topic)
+    rows = read_output(kafka_bootstrap, out_topic)
     assert {(r[0], r[1]): r[3] for r in rows} == expected(events, WINDOW)
