@@ -34,6 +34,7 @@ def test_keys_reach_the_deduplicator_as_fingerprints() -> None:
     step = DedupStep(index, lambda m: m.key())
     assert _keys(step.filter([Msg(b"a"), Msg(b"b"), Msg(b"a")])) == [b"a", b"b"]
     assert index._key_kinds() == (0, 2)  # no int (64-bit hash) keys: 128-bit fingerprints
+    step.seal()
     step.committed()
     assert _keys(step.filter([Msg(b"c"), Msg(b"b")])) == [b"c"]
     step.aborted()  # c's transaction aborted: its replay passes once
