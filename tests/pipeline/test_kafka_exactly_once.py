@@ -8,6 +8,7 @@ import json
 import random
 import signal
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def read_output(bootstrap: str, topic: str) -> list[Any]:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": f"verify-{topic}",
+            "group.id": f"verify-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,  # every read starts at the beginning
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",

@@ -1,6 +1,7 @@
 """``KafkaSink``: a transactional Kafka producer whose commit *is* the checkpoint's decision.
 
-Step 1 (pre-commit) flushes the open transaction. Step 3 sends the source
+Step 1 (pre-commit) closes the checkpoint's output: its last records are
+queued, not waited for. Step 3 sends the source
 offsets into the transaction (``send_offsets_to_transaction``, the
 checkpoint id in each offset's metadata) and commits it: output, offsets and
 checkpoint id become visible to ``read_committed`` readers atomically.
@@ -37,6 +38,11 @@ def _to_bytes(value: Any) -> bytes | None:
     return str(value).encode("utf-8")
 
 
+def _no_key(record: Any) -> None:
+    """The default key: none (the partitioner spreads records)."""
+    return None
+
+
 class KafkaSink(DecidingSink):
     """Writes records to ``topic`` in transactions; commits the source's offsets with them.
 
@@ -55,7 +61,7 @@ class KafkaSink(DecidingSink):
         *,
         name: str = "kafka",
         value: Callable[[Any], Any] = lambda r: r,
-        key: Callable[[Any], Any] = lambda r: None,
+        key: Callable[[Any], Any] = _no_key,
         config: Mapping[str, Any] | None = None,
         timeout: float = 30.0,
     ) -> None:
@@ -133,8 +139,14 @@ class KafkaSink(DecidingSink):
     def _produce(self, records: Sequence[Any]) -> None:
         txn = self._txn
         topic, value, key = self.topic, self.value, self.key
-        for r in records:
-            txn.produce(topic, _to_bytes(value(r)), _to_bytes(key(r)))
+        if key is _no_key:
+            produce = txn.produce
+            for r in records:
+                v = value(r)
+                produce(topic, v if v is None or type(v) is bytes else _to_bytes(v))
+        else:
+            for r in records:
+                txn.produce(topic, _to_bytes(value(r)), _to_bytes(key(r)))
         txn.poll(0)
 
     def begin(self, checkpoint_id: int) -> None:
@@ -159,7 +171,10 @@ class KafkaSink(DecidingSink):
         if self._holding:  # an earlier checkpoint failed undecided: share its transaction
             self._release_held()
         self._before_flush(checkpoint_id)
-        self._txn.flush()
+        # No flush here: commit_transaction (the decision) waits for every record
+        # and fails if one was not delivered, and deliveries go on while the
+        # checkpoint's state is written, off the processing thread's clock.
+        self._txn.poll(0)
         self._txn_ids.append(checkpoint_id)
         return {"transactional_id": self.transactional_id, "checkpoint": checkpoint_id}
 
