@@ -33,7 +33,7 @@ from eoscore.sinks.two_phase import PreparedHandle, RecoveryPlan, TwoPhaseSink
 from eoscore.verify import DEFAULT_FAILPOINTS, SINK_FAILPOINTS, VerifyTarget
 from tests.pipeline.window_model import window_starts
 
-EVENTS = 300_000
+EVENTS = 150_000  # enough for every kill to land mid-run; the suite runs six verifications
 KEYS = 40
 WINDOW = Tumbling(50)
 TABLE = "totals"
@@ -115,7 +115,7 @@ class _Job:
         self.input_dir.mkdir(parents=True, exist_ok=True)
         files: list[list[str]] = [[], []]
         # Late ones in the second half, long after every channel set its watermark.
-        late_at = {EVENTS // 2 + 3001 * j for j in range(self.late)}
+        late_at = {EVENTS // 2 + j * (EVENTS // (2 * LATE)) for j in range(self.late)}  # 2nd half
         for i in range(EVENTS):
             e = {"id": i, "k": rng.randrange(KEYS), "t": i // 20 - rng.randint(0, 10), "v": i % 89}
             if i in late_at:

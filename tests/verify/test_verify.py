@@ -13,7 +13,7 @@ import pytest
 
 from eoscore.verify import TargetError, compare, exclude_late, inject_duplicates, load_target
 from eoscore.verify.report import VerifyReport
-from tests.verify.pipelines import LATE
+from tests.verify.pipelines import EVENTS, LATE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def test_correct_pipeline_passes_with_injected_duplicates(tmp_path: Path) -> Non
     assert report["ok"] is True
     assert report["kills"] >= 3, report  # the verdict rests on real kills
     assert report["duplicates_injected"] > 1000
-    assert report["records_in"] == 300_000 + report["duplicates_injected"]
+    assert report["records_in"] == EVENTS + report["duplicates_injected"]
     assert (report["duplicates_found"], report["missing"], report["extra"], report["wrong"]) == (
         0,
         0,
