@@ -44,7 +44,7 @@ TUMBLING = Tumbling(100)
 SLIDING = Sliding(200, 100)
 OUT_OF_ORDERNESS = 60
 #: Batches a fast channel puts behind a barrier before the slow one may deliver it:
-#: the executor's queues hold 4 (``Executor(queue_batches=4)``), so it has pulled the
+#: the executor's queues hold at most 4 batches (``channel_capacity`` records), so it has pulled the
 #: barrier and at least one batch behind it by then.
 HOLD_BATCHES = 5
 

@@ -26,7 +26,7 @@ from eoscore.sinks import FileSink
 from tests.pipeline.chaos_job import SlowFileSource
 from tests.pipeline.test_exactly_once import read_committed
 
-QUEUE = 4  # items a channel's queue holds (Executor's queue_batches)
+QUEUE = 4  # batches a channel queue holds at most (records bound, see channel_capacity)
 GATED = 3  # checkpoints whose barriers the gate orders
 PACE = 12  # batches the fast channel reads per barrier, at most
 FAST_BYTES = 1 << 15  # ~110 batches of left.jsonl: more than GATED * PACE + QUEUE + 1
