@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 import uuid
 from collections import Counter
 
@@ -21,7 +22,6 @@ from tests.kafka._util import (
     read_committed,
     spawn_child,
     stop_child,
-    wait_caught_up,
 )
 
 CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
@@ -116,6 +116,7 @@ def test_keys_survive_a_restart_and_repeats_are_dropped(
     assert max(got.values()) == 1
 
 
+@pytest.mark.soak  # hung once in CI (1 of 2 runs), not yet explained: see issue 14's note
 def test_duplicates_straddling_sigkills_are_dropped(
     kafka_bootstrap: str, kafka_topic: TopicFactory
 ) -> None:
@@ -156,7 +157,15 @@ def test_duplicates_straddling_sigkills_are_dropped(
     produce_inputs(kafka_bootstrap, src, _with_repeats(300, rng, first=total))
     total += 300
     child = spawn_child(config)
-    wait_caught_up(kafka_bootstrap, group, src, timeout=120)
+    deadline = time.monotonic() + 120
+    while not caught_up(kafka_bootstrap, group, src):
+        if child.poll() is not None or time.monotonic() > deadline:
+            if child.poll() is None:
+                child.send_signal(signal.SIGUSR1)  # the child dumps its stacks
+                time.sleep(1)
+            code, _out, err = stop_child(child)
+            raise AssertionError(f"the last run never caught up (exit {code}): {err[-4000:]}")
+        time.sleep(0.5)
     code, _out, err = stop_child(child)
     assert code == 0, err[-2000:]
     assert kills == len(plans), kills
