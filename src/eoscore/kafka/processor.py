@@ -426,9 +426,7 @@ class ExactlyOnceProcessor:
         thread = self._inflight
         if thread is None:
             return
-        if wait:
-            thread.join()
-        elif thread.is_alive():
+        if not wait and thread.is_alive():
             return
         thread.join()
         self._inflight = None
